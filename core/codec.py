@@ -1,0 +1,92 @@
+"""A codec composed from a recipe: semantic front-end + acoustic quantizer + decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import RecipeBase
+from .registry import Registry, get_registry
+from .types import (AcousticOutput, AcousticQuantizer, BuildContext, Decoder, DecoderOutput, SemanticFrontend,
+                    SemanticOutput, TokenStream, bitrate, token_rate)
+
+
+@dataclass
+class CodecOutput:
+    """One training-time pass: each slot's result (the decoder's against the target waveform)."""
+
+    semantic: SemanticOutput
+    acoustic: AcousticOutput
+    decoder: DecoderOutput
+
+
+class Codec(nn.Module):
+    """semantic front-end + acoustic quantizer + decoder.
+
+    The codec knows its token streams and derives its token rate and bitrate from them; nothing stores a bitrate.
+    """
+
+    def __init__(self, semantic: SemanticFrontend, acoustic: AcousticQuantizer, decoder: Decoder,
+                 sample_rate: int) -> None:
+        super().__init__()
+        self.semantic = semantic
+        self.acoustic = acoustic
+        self.decoder = decoder
+        self.sample_rate = sample_rate
+        names = [s.name for s in self.streams()]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"token stream names must be unique across slots; repeated: {', '.join(duplicates)}")
+
+    # -- accounting ------------------------------------------------------------------------------------------
+    def streams(self) -> list[TokenStream]:
+        return [*self.semantic.streams(), *self.acoustic.streams()]
+
+    @property
+    def token_rate(self) -> float:
+        """Tokens per second over all streams."""
+        return token_rate(self.streams())
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second over all streams."""
+        return bitrate(self.streams())
+
+    # -- use ---------------------------------------------------------------------------------------------------
+    def forward(self, waveform: Tensor) -> CodecOutput:
+        """Training pass. waveform : Tensor[B x 1 x N]."""
+        semantic = self.semantic(waveform)
+        acoustic = self.acoustic(waveform, semantic)
+        decoded = self.decoder.training_output(semantic, acoustic, waveform)
+        return CodecOutput(semantic, acoustic, decoded)
+
+    @torch.no_grad()
+    def encode(self, waveform: Tensor) -> dict[str, Tensor]:
+        """waveform : Tensor[B x 1 x N] → ``{stream name: LongTensor[B x T]}``."""
+        semantic = self.semantic(waveform)
+        acoustic = self.acoustic(waveform, semantic)
+        return {**semantic.tokens, **acoustic.tokens}
+
+    @torch.no_grad()
+    def decode(self, tokens: dict[str, Tensor], num_samples: int) -> Tensor:
+        """``{stream name: LongTensor[B x T]}`` → Tensor[B x 1 x num_samples]."""
+        missing = [s.name for s in self.streams() if s.name not in tokens]
+        if missing:
+            raise KeyError(f"tokens lack the stream(s) {', '.join(missing)}; this codec has "
+                           f"{', '.join(s.name for s in self.streams())}")
+        sem_names = {s.name for s in self.semantic.streams()}
+        semantic = self.semantic.from_tokens({k: v for k, v in tokens.items() if k in sem_names})
+        acoustic = self.acoustic.from_tokens({k: v for k, v in tokens.items() if k not in sem_names}, semantic)
+        return self.decoder(semantic, acoustic, num_samples)
+
+
+def build_codec(recipe: RecipeBase, registry: Registry | None = None) -> Codec:
+    """Build the three slots of a validated recipe, in order semantic → acoustic → decoder."""
+    registry = registry or get_registry()
+    ctx = BuildContext(sample_rate=recipe.sample_rate)
+    ctx.semantic = registry.build("semantic", recipe.semantic, ctx)  # type: ignore[attr-defined]
+    ctx.acoustic = registry.build("acoustic", recipe.acoustic, ctx)  # type: ignore[attr-defined]
+    decoder = registry.build("decoder", recipe.decoder, ctx)  # type: ignore[attr-defined]
+    return Codec(ctx.semantic, ctx.acoustic, decoder, recipe.sample_rate)

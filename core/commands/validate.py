@@ -1,0 +1,36 @@
+"""``codecfw validate RECIPE... [key=value ...]``: every error of every recipe, with YAML paths; exit 2 on any."""
+
+from __future__ import annotations
+
+import sys
+
+from . import add_recipe_arguments
+
+
+def run(args) -> int:
+    from ..codec import build_codec
+    from ..config import RecipeError, load_recipe
+
+    failed = False
+    for path in args.recipes:
+        try:
+            recipe = load_recipe(path, args.overrides)
+        except (RecipeError, FileNotFoundError) as exc:
+            failed = True
+            print(str(exc), file=sys.stderr)
+            continue
+        line = f"{path}: ok ({recipe.semantic.kind} + {recipe.acoustic.kind} + {recipe.decoder.kind})"
+        if args.build:
+            codec = build_codec(recipe)
+            params = sum(p.numel() for p in codec.parameters())
+            line += (f"; {len(codec.streams())} streams, {codec.token_rate:g} tokens/s, "
+                     f"{codec.bitrate / 1000:g} kbps, {params / 1e6:.2f}M parameters")
+        print(line)
+    return 2 if failed else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="validate recipes and report every error at once")
+    add_recipe_arguments(p, many=True)
+    p.add_argument("--build", action="store_true", help="also build the codec and print its streams and bitrate")
+    p.set_defaults(func=run)
