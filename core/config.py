@@ -122,8 +122,6 @@ def _slot_type(registry: Registry, slot: str) -> Any:
     configs = [reg.config for reg in registry.kinds(slot).values()]
     if not configs:
         return PluginConfig  # validated later: "no kinds registered" is reported by kind check
-    if len(configs) == 1:
-        return configs[0]
     return Annotated[Union[tuple(configs)], Field(discriminator="kind")]
 
 
@@ -397,7 +395,8 @@ def format_validation_errors(exc: ValidationError, data: Any, model: type[BaseMo
             msg = f"unknown key; allowed keys: {allowed}" if allowed else "unknown key"
         elif etype == "union_tag_invalid":
             ctx = err.get("ctx", {})
-            msg = f"unknown kind {ctx.get('tag')!r}; known kinds: {ctx.get('expected_tags', '').replace(chr(39), '')}"
+            tags = sorted(t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(","))
+            msg = f"unknown kind {ctx.get('tag')!r}; known kinds: {', '.join(tags)}"
             path = f"{path}.kind"
         elif etype == "union_tag_not_found":
             node = _schema_at(schema, loc, data) or {}
