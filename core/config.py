@@ -67,6 +67,15 @@ class DataConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     prefetch_factor: int = Field(2, gt=0)
     valid_clips: int = Field(4, ge=0, description="validation clips written as audio at each validation")
+    gain: float = Field(1.0, gt=0, description="every loaded waveform (train and valid) is multiplied by this; "
+                                              "X-Codec's reference uses 0.95 (audio_norm_scale)")
+    mixdown: Literal["mean", "first"] = Field("mean", description="multichannel → mono: channel mean, or channel 0 "
+                                              "(SemantiCodec's reference takes channel 0)")
+    silence_threshold: float = Field(1e-4, ge=0, description="a file whose peak |x| is at most this is skipped as silent")
+    scan_cache: str | None = Field(None, description="JSON file caching the file scan (keyed by path, size, mtime)")
+    cache_audio: bool = Field(False, description="keep each resampled file in worker memory (small corpora only)")
+    pin_memory: bool | None = Field(None, description="default: True when CUDA is available")
+    persistent_workers: bool = Field(True, description="keep workers alive between epochs (when num_workers > 0)")
 
 
 class TrainConfig(StrictModel):
@@ -93,6 +102,11 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(500, gt=0)
     keep_last: int = Field(2, gt=0)
     run_dir: str | None = Field(None, description="default: runs/<name>-<config hash>")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine schedule floor, as a fraction of lr")
+    gan_loss: Literal["lsgan", "hinge"] = Field("lsgan", description="adversarial loss (adversarial objective)")
+    sync_buffers: bool = Field(True, description="DDP: broadcast buffers (EMA codebooks) from rank 0 after each step")
+    find_unused_parameters: bool = Field(False, description="DDP: allow parameters without gradient in a step")
+    valid_batches: int | None = Field(None, gt=0, description="validation batches per validation (default: all)")
 
 
 class RecipeBase(StrictModel):

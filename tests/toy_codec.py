@@ -141,3 +141,56 @@ TOY_RECIPE = {
     "acoustic": {"kind": "toy_vq"},
     "decoder": {"kind": "toy_decoder"},
 }
+
+
+# -- a tiny diffusion-objective decoder (training-loop tests) --------------------------------------------------
+
+
+class ToyDiffusionDecoderConfig(PluginConfig):
+    kind: Literal["toy_diffusion"] = "toy_diffusion"
+    sampling_steps: int = Field(4, gt=0)
+
+
+class ToyDiffusionDecoder(Decoder):
+    """ε-prediction on the waveform itself, conditioned on the upsampled latents (DDPM with ᾱ(t) = 1 − t,
+    deterministic DDIM sampling). Training draws t and ε from torch's RNG, so resume tests check RNG restoring."""
+
+    objective = "diffusion"
+
+    def __init__(self, cfg: ToyDiffusionDecoderConfig, ctx: BuildContext) -> None:
+        super().__init__()
+        hop = ctx.semantic.hop
+        self.steps = cfg.sampling_steps
+        self.cond = nn.ConvTranspose1d(ctx.semantic.quantized_dim + ctx.acoustic.quantized_dim, 4, hop, stride=hop)
+        self.net = nn.Conv1d(1 + 4 + 1, 1, 3, padding=1)
+
+    def _condition(self, semantic: SemanticOutput, acoustic: AcousticOutput, n: int) -> Tensor:
+        c = self.cond(torch.cat([semantic.quantized, acoustic.quantized], 1))
+        return F.pad(c, (0, max(0, n - c.shape[-1])))[..., :n]
+
+    def _eps(self, x_t: Tensor, cond: Tensor, t: Tensor) -> Tensor:
+        return self.net(torch.cat([x_t, cond, t.view(-1, 1, 1).expand_as(x_t)], 1))
+
+    def training_output(self, semantic: SemanticOutput, acoustic: AcousticOutput, waveform: Tensor) -> DecoderOutput:
+        cond = self._condition(semantic, acoustic, waveform.shape[-1])
+        t = torch.rand(waveform.shape[0], device=waveform.device)
+        noise = torch.randn_like(waveform)
+        a = (1 - t).clamp(min=1e-3).view(-1, 1, 1)
+        x_t = a.sqrt() * waveform + (1 - a).sqrt() * noise
+        return DecoderOutput(losses={"diffusion": F.mse_loss(self._eps(x_t, cond, t), noise)})
+
+    def forward(self, semantic: SemanticOutput, acoustic: AcousticOutput, num_samples: int) -> Tensor:
+        cond = self._condition(semantic, acoustic, num_samples)
+        x = torch.randn(cond.shape[0], 1, num_samples, device=cond.device)
+        ts = torch.linspace(1, 0, self.steps + 1, device=cond.device)
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            a, a_next = (1 - t).clamp(min=1e-3), (1 - t_next).clamp(min=1e-3)
+            eps = self._eps(x, cond, t.expand(x.shape[0]))
+            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        return x
+
+
+@hookimpl(specname="register_decoders")
+def register_toy_diffusion_decoder(register):
+    register("toy_diffusion", ToyDiffusionDecoderConfig, ToyDiffusionDecoder)

@@ -1,0 +1,362 @@
+"""The Python API: ``codecfw.load(name_or_path)`` → an :class:`AudioTokenizer` that turns audio into tokens and back.
+
+::
+
+    import codecfw
+    tok = codecfw.load("runs/xcodec-1a2b3c/checkpoints/step-00100000")   # or a pretrained name
+    files = tok.encode(waveforms, sample_rate=44100)                      # list[TokenFile], one per item
+    audio = tok.decode(files)                                              # list[Tensor[1 x N]] at tok.sample_rate
+
+Inputs are explicit about shape: ``Tensor[N]`` is one mono recording, ``Tensor[B x N]`` a batch of mono
+recordings, ``Tensor[B x C x N]`` a batch with channels, and a list holds recordings of different lengths
+(``Tensor[N]`` or ``Tensor[C x N]`` each). Channels are mixed down by ``mixdown`` (``"mean"``, ``"first"`` or
+``"error"``); a rate other than the codec's is resampled (torchaudio sinc) unless ``resample=False``, which raises.
+Recordings longer than the codec's chunk window are processed in windows (see :mod:`codecfw.core.chunking`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import metadata as md
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .audio_stream import AudioSink, AudioSource, Mixdown, resample, to_mono
+from .chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy
+from .codec import Codec, build_codec
+from .config import RecipeBase, validate_recipe
+from .registry import Registry, get_registry
+from .tokens import TokenFile
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder cannot be loaded; the message names the file and the problem."""
+
+
+def _codecfw_version() -> str:
+    try:
+        return md.version("codecfw")
+    except md.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint folder (``model.safetensors`` + ``meta.json``), a run directory (its best, else latest
+    checkpoint) or a file inside a checkpoint folder → the checkpoint folder."""
+    from .checkpoint import latest_checkpoint, read_best
+
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if (path / "checkpoints").is_dir():
+        best = read_best(path)
+        found = path / "checkpoints" / best["checkpoint"] if best else latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: a run directory without any complete checkpoint")
+        path = found
+    return path
+
+
+def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    """``meta.json`` (core.checkpoint's format), or ``config.json`` for folders written by hand."""
+    for name in ("meta.json", "config.json"):
+        file = folder / name
+        if file.is_file():
+            try:
+                meta = json.loads(file.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{file}: not readable JSON ({exc})") from None
+            if not isinstance(meta, dict) or not isinstance(meta.get("recipe"), dict):
+                raise CheckpointError(f"{file}: no resolved recipe under the key 'recipe'")
+            meta["_file"] = str(file)
+            return meta
+    raise CheckpointError(f"{folder}: not a codecfw checkpoint (expected model.safetensors with meta.json or "
+                          f"config.json holding the resolved recipe)")
+
+
+def load_checkpoint(path: str | os.PathLike, registry: Registry | None = None, prefer_ema: bool = True
+                    ) -> tuple[Codec, RecipeBase, dict[str, Any]]:
+    """Validate the recipe saved with a checkpoint, build the codec and load its weights (EMA weights when the
+    checkpoint has them and ``prefer_ema``). Returns (codec in eval mode, recipe, meta)."""
+    from .checkpoint import load_codec_weights
+
+    folder = resolve_checkpoint_dir(path)
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{folder}: no model.safetensors (expected a checkpoint folder, a run directory or "
+                              f"a registered pretrained name)")
+    meta = read_checkpoint_meta(folder)
+    registry = registry or get_registry()
+    recipe = validate_recipe(meta["recipe"], registry, source=meta["_file"])
+    codec = build_codec(recipe, registry)
+    try:
+        load_codec_weights(codec, folder, prefer_ema=prefer_ema, strict=True)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(str(exc).strip("'\"")) from None
+    _warn_plugin_versions(meta, registry)
+    return codec.eval(), recipe, meta
+
+
+def _warn_plugin_versions(meta: dict[str, Any], registry: Registry) -> None:
+    saved = meta.get("plugins") or meta.get("plugin_versions")
+    if not isinstance(saved, dict):
+        return
+    import warnings
+
+    now = {p.name: p.version for p in registry.plugins.values()}
+    changed = [f"{k} {v} -> {now[k]}" for k, v in saved.items() if k in now and str(v) != str(now[k])]
+    if changed:
+        warnings.warn(f"{meta['_file']}: plugin versions differ from the checkpoint's: {', '.join(changed)}",
+                      stacklevel=3)
+
+
+def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
+         registry: Registry | None = None, chunk_seconds: float | None = None, prefer_ema: bool = True,
+         cache_dir: str | os.PathLike | None = None) -> "AudioTokenizer":
+    """Load a codec from a checkpoint folder / run directory, or from a registered pretrained name
+    (``codecfw plugins`` lists them under ``pretrained``; downloads through huggingface_hub when online)."""
+    registry = registry or get_registry()
+    path = Path(name_or_path)
+    if path.exists():
+        codec, recipe, meta = load_checkpoint(path, registry, prefer_ema)
+        codec_id = recipe.name
+        info = {"checkpoint": str(resolve_checkpoint_dir(path)), "step": meta.get("step")}
+    else:
+        from .pretrained import load_pretrained, pretrained_names
+
+        name = str(name_or_path)
+        if name not in pretrained_names(registry):
+            known = ", ".join(pretrained_names(registry)) or "none registered"
+            raise ValueError(f"{name!r} is neither a checkpoint folder nor a registered pretrained name; "
+                             f"known pretrained names: {known}")
+        codec, recipe, meta = load_pretrained(name, registry=registry, cache_dir=cache_dir)
+        codec_id = name
+        info = {"pretrained": name}
+    tokenizer = AudioTokenizer(codec, codec_id=codec_id, config_hash=recipe.config_hash(), recipe=recipe,
+                               chunk_seconds=chunk_seconds, info=info)
+    return tokenizer.to(device) if device is not None else tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tokenizer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class AudioTokenizer:
+    """A loaded codec with batched, chunked, file-aware ``encode`` and ``decode``.
+
+    codec : Codec
+        The composed codec (kept in eval mode).
+    codec_id, config_hash : str
+        Written into every :class:`TokenFile`; decoding refuses tokens whose config hash differs.
+    chunk_seconds : float | None
+        Override the window of the codec's chunk policy.
+    """
+
+    def __init__(self, codec: Codec, *, codec_id: str, config_hash: str, recipe: RecipeBase | None = None,
+                 chunk_seconds: float | None = None, info: dict[str, Any] | None = None) -> None:
+        self.codec = codec.eval()
+        self.codec_id = codec_id
+        self.config_hash = config_hash
+        self.recipe = recipe
+        self.info = dict(info or {})
+        self.policy: ChunkPolicy = resolve_chunk_policy(codec, chunk_seconds)
+        self.device = next((p.device for p in codec.parameters()), torch.device("cpu"))
+
+    @classmethod
+    def from_recipe(cls, recipe: RecipeBase, registry: Registry | None = None, **kwargs: Any) -> "AudioTokenizer":
+        """An untrained codec built from a recipe (tests, smoke checks)."""
+        return cls(build_codec(recipe, registry), codec_id=recipe.name, config_hash=recipe.config_hash(),
+                   recipe=recipe, **kwargs)
+
+    # -- properties ------------------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.sample_rate)
+
+    @property
+    def streams(self):
+        return self.codec.streams()
+
+    def to(self, device: str | torch.device) -> "AudioTokenizer":
+        self.device = torch.device(device)
+        self.codec.to(self.device)
+        return self
+
+    def __repr__(self) -> str:
+        streams = ", ".join(f"{s.name}[{s.codebook_size}@{s.frame_rate:g}/s]" for s in self.streams)
+        return (f"AudioTokenizer({self.codec_id!r}, config {self.config_hash}, {self.sample_rate} Hz, {streams}, "
+                f"{self.codec.bitrate / 1000:g} kbps)")
+
+    # -- the codec on one batch ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _encode_batch(self, wave: Tensor) -> dict[str, Tensor]:
+        return self.codec.encode(wave.to(self.device))
+
+    @torch.inference_mode()
+    def _decode_batch(self, tokens: dict[str, Tensor], num_samples: int) -> Tensor:
+        return self.codec.decode({k: v.to(self.device) for k, v in tokens.items()}, num_samples)
+
+    def _token_file(self, tokens: dict[str, np.ndarray], num_samples: int, metadata: dict[str, Any]) -> TokenFile:
+        return TokenFile(codec=self.codec_id, config_hash=self.config_hash, sample_rate=self.sample_rate,
+                         num_samples=num_samples, streams=tuple(self.streams), tokens=tokens,
+                         metadata={"codecfw": _codecfw_version(), **metadata})
+
+    def _encode_mono(self, blocks, batch_size: int, chunked: bool, progress) -> tuple[dict[str, np.ndarray], int]:
+        if chunked and self.policy.chunkable:
+            return encode_stream(self._encode_batch, blocks, self.policy, self.streams, self.sample_rate,
+                                 batch_size, progress)
+        wave = torch.cat([b.reshape(-1).float() for b in blocks])
+        tokens = self._encode_batch(wave[None, None])
+        if progress is not None:
+            progress(wave.numel())
+        return {k: v[0].cpu().numpy().astype(np.int64) for k, v in tokens.items()}, wave.numel()
+
+    # -- encoding --------------------------------------------------------------------------------------------
+    def prepare(self, waveform: Tensor | Sequence[Tensor], sample_rate: int, *, mixdown: Mixdown = "mean",
+                resample_input: bool = True) -> list[Tensor]:
+        """Validate shapes, mix down and resample: a list of mono ``Tensor[N]`` at the codec's rate."""
+        if isinstance(waveform, (list, tuple)):
+            items = [torch.as_tensor(w) for w in waveform]
+            if any(w.dim() not in (1, 2) for w in items):
+                raise ValueError("list items must be Tensor[N] (mono) or Tensor[C x N] (channels)")
+            items = [w[None] if w.dim() == 1 else w for w in items]
+        else:
+            waveform = torch.as_tensor(waveform)
+            if waveform.dim() == 1:
+                items = [waveform[None]]
+            elif waveform.dim() == 2:
+                items = [w[None] for w in waveform]
+            elif waveform.dim() == 3:
+                items = list(waveform)
+            else:
+                raise ValueError(f"waveform must be Tensor[N], Tensor[B x N] or Tensor[B x C x N]; got shape "
+                                 f"{tuple(waveform.shape)}")
+        if int(sample_rate) != self.sample_rate and not resample_input:
+            raise ValueError(f"waveform at {sample_rate} Hz but the codec expects {self.sample_rate} Hz and "
+                             f"resampling is off (resample_input=False)")
+        out = []
+        for i, item in enumerate(items):
+            if item.shape[-1] == 0:
+                raise ValueError(f"item {i}: empty waveform (0 samples)")
+            if not torch.isfinite(item).all():
+                raise ValueError(f"item {i}: waveform contains NaN or inf")
+            mono = to_mono(item.float().cpu(), mixdown, f"item {i}")
+            out.append(resample(mono, int(sample_rate), self.sample_rate))
+        return out
+
+    def encode(self, waveform: Tensor | Sequence[Tensor], sample_rate: int, *, mixdown: Mixdown = "mean",
+               resample_input: bool = True, batch_size: int = 8, chunked: bool = True) -> list[TokenFile]:
+        """Encode a batch of recordings; returns one :class:`TokenFile` per recording.
+
+        Recordings of equal length that fit in one window are encoded together (``batch_size`` at a time); longer
+        ones are encoded in windows, ``batch_size`` windows at a time. ``chunked=False`` encodes each recording
+        whole (memory grows with duration; the reference result for checking the chunked one).
+        """
+        items = self.prepare(waveform, sample_rate, mixdown=mixdown, resample_input=resample_input)
+        results: list[TokenFile | None] = [None] * len(items)
+        meta = {"source_sample_rate": int(sample_rate)}
+        short: dict[int, list[int]] = {}
+        for i, item in enumerate(items):
+            if item.numel() <= self.policy.window or not chunked:
+                short.setdefault(item.numel(), []).append(i)
+            else:
+                tokens, n = self._encode_mono([item], batch_size, chunked, None)
+                results[i] = self._token_file(tokens, n, meta)
+        for n, idx in short.items():
+            for k in range(0, len(idx), batch_size):
+                group = idx[k:k + batch_size]
+                tokens = self._encode_batch(torch.stack([items[i] for i in group])[:, None])
+                for j, i in enumerate(group):
+                    results[i] = self._token_file({s: v[j].cpu().numpy() for s, v in tokens.items()}, n, meta)
+        return results  # type: ignore[return-value]
+
+    def encode_file(self, path: str | os.PathLike, *, mixdown: Mixdown = "mean", resample_input: bool = True,
+                    batch_size: int = 8, chunked: bool = True,
+                    progress: Callable[[int], None] | None = None) -> TokenFile:
+        """Encode an audio file, streamed block by block: memory bounded by the chunk window, not the duration.
+        ``progress(samples)`` is called as windows finish (samples at the codec's rate)."""
+        source = AudioSource(path, self.sample_rate, mixdown=mixdown, resample=resample_input)
+        tokens, n = self._encode_mono(source.blocks(), batch_size, chunked, progress)
+        info = source.info
+        return self._token_file(tokens, n, {"source": os.path.basename(info.path), "source_sample_rate":
+                                            info.sample_rate, "source_channels": info.channels, "mixdown": mixdown})
+
+    # -- decoding --------------------------------------------------------------------------------------------
+    def check(self, tf: TokenFile, path: str | os.PathLike | None = None) -> None:
+        """Raise :class:`~codecfw.core.tokens.TokenFileMismatch` unless ``tf`` was written by this codec."""
+        tf.check_compatible(self.codec_id, self.config_hash, self.streams, path)
+
+    def tokens_from_tensors(self, tokens: dict[str, Tensor], num_samples: int | None = None) -> list[TokenFile]:
+        """Wrap raw ``{stream: LongTensor[B x T]}`` (e.g. generated by a language model) as token files of this
+        codec. ``num_samples`` defaults to the duration the first stream's tokens cover."""
+        names = [s.name for s in self.streams]
+        if sorted(tokens) != sorted(names):
+            raise KeyError(f"tokens have streams {sorted(tokens)}; this codec has {names}")
+        batch = {k: torch.as_tensor(v).reshape(-1, torch.as_tensor(v).shape[-1]) for k, v in tokens.items()}
+        if num_samples is None:
+            first = self.streams[0]
+            num_samples = round(batch[first.name].shape[-1] * self.sample_rate / first.frame_rate)
+        size = {v.shape[0] for v in batch.values()}
+        if len(size) != 1:
+            raise ValueError(f"streams have different batch sizes {sorted(size)}")
+        return [self._token_file({k: v[i] for k, v in batch.items()}, num_samples, {})
+                for i in range(size.pop())]
+
+    def decode_blocks(self, tf: TokenFile, *, batch_size: int = 8, chunked: bool = True) -> Iterator[Tensor]:
+        """Decode one token file as consecutive mono blocks at the codec's rate (bounded memory)."""
+        self.check(tf)
+        if chunked and self.policy.chunkable and tf.num_samples > self.policy.window:
+            yield from decode_stream(self._decode_batch, tf.tokens, tf.num_samples, self.policy, self.streams,
+                                     self.sample_rate, batch_size)
+        else:
+            yield self._decode_batch(tf.as_tensors(), tf.num_samples)[0].reshape(-1).float().cpu()
+
+    def decode(self, tokens: TokenFile | Sequence[TokenFile] | dict[str, Tensor], *, num_samples: int | None = None,
+               sample_rate: int | None = None, batch_size: int = 8, chunked: bool = True) -> Any:
+        """Decode token files (→ ``list[Tensor[1 x N]]``, one per file) or raw ``{stream: LongTensor[B x T]}``
+        (→ ``Tensor[B x 1 x N]``). Output is at the codec's rate unless ``sample_rate`` is given."""
+        raw = isinstance(tokens, dict)
+        files = self.tokens_from_tensors(tokens, num_samples) if raw else (
+            [tokens] if isinstance(tokens, TokenFile) else list(tokens))
+        for tf in files:
+            self.check(tf)
+        out: list[Tensor | None] = [None] * len(files)
+        groups: dict[tuple, list[int]] = {}
+        for i, tf in enumerate(files):
+            if chunked and self.policy.chunkable and tf.num_samples > self.policy.window:
+                out[i] = torch.cat(list(self.decode_blocks(tf, batch_size=batch_size)))[None]
+            else:
+                groups.setdefault((tf.num_samples, *sorted(tf.lengths().items())), []).append(i)
+        for (n, *_), idx in groups.items():
+            for k in range(0, len(idx), batch_size):
+                group = idx[k:k + batch_size]
+                batch = {s.name: torch.from_numpy(np.stack([files[i].tokens[s.name] for i in group]))
+                         for s in self.streams}
+                wave = self._decode_batch(batch, n).float().cpu()
+                for j, i in enumerate(group):
+                    out[i] = wave[j].reshape(1, -1)
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            out = [resample(w, self.sample_rate, int(sample_rate)) for w in out]
+        return torch.stack(out) if raw else out  # type: ignore[arg-type]
+
+    def decode_to_file(self, tf: TokenFile, path: str | os.PathLike, *, sample_rate: int | None = None,
+                       subtype: str | None = None, batch_size: int = 8, chunked: bool = True,
+                       progress: Callable[[int], None] | None = None) -> Path:
+        """Decode into a FLAC/WAV file, streamed and written atomically. ``sample_rate`` resamples the output."""
+        self.check(tf)
+        with AudioSink(path, self.sample_rate, output_rate=sample_rate, subtype=subtype) as sink:
+            for block in self.decode_blocks(tf, batch_size=batch_size, chunked=chunked):
+                sink.write(block)
+                if progress is not None:
+                    progress(block.numel())
+        return Path(path)

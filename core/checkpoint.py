@@ -1,0 +1,232 @@
+"""Checkpoints: safetensors weights, a JSON description, and the training state, written atomically.
+
+A run directory holds ``checkpoints/step-00001000/`` folders::
+
+    model.safetensors          the codec's weights (persistent buffers included: EMA codebooks, ...)
+    ema.safetensors            EMA of the codec's trainable weights (when train.ema_decay is set)
+    discriminator.safetensors  the discriminators (adversarial objective)
+    meta.json                  step, epoch, config hash, resolved recipe, plugin versions, validation loss, ...
+    state.pt                   optimizers, schedulers, grad scaler, sampler position, RNG states of every rank
+
+A folder is written under a temporary name and renamed into place only when complete (``os.replace`` of a
+directory is atomic on POSIX), so a crash mid-write leaves a ``.tmp-*`` folder that is ignored and removed, never a
+half checkpoint that a resume would trust. ``best.json`` points at the checkpoint with the lowest validation loss;
+pruning keeps the last ``keep_last`` checkpoints plus that one. ``state.pt`` holds only tensors and plain containers
+and is read with ``torch.load(weights_only=True)``; weights are safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+FORMAT = "codecfw-checkpoint"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_weights(tensors_or_module: nn.Module | dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
+                 ) -> None:
+    """A module's state dict (tied tensors de-duplicated by ``safetensors.torch.save_model``) or a tensor dict."""
+    from safetensors.torch import save_file, save_model
+
+    if isinstance(tensors_or_module, nn.Module):
+        save_model(tensors_or_module, str(path), metadata=metadata)
+    else:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors_or_module.items()}, str(path), metadata=metadata)
+
+
+def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load safetensors weights into ``module``; a clear error names the file and the mismatched keys."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    state = load_file(str(path))
+    own = module.state_dict()
+    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
+              if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if shapes:
+        raise ValueError(f"{path}: {len(shapes)} tensor(s) have another shape than the model's, e.g. "
+                         + "; ".join(shapes[:3]))
+    # save_model drops tied duplicates; tensors sharing storage in the model are filled through their twin.
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k in missing]
+    if strict and (missing or unexpected):
+        raise KeyError(f"{path}: weights do not match the model: missing {missing[:5]}"
+                       f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                       f"{' ...' if len(unexpected) > 5 else ''}")
+    return missing, unexpected
+
+
+def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, nn.Module | dict[str, Tensor]],
+                    meta: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write ``checkpoints/step-XXXXXXXX`` atomically and return its path.
+
+    weights : ``{"model": codec, "ema": {...}, "discriminator": module}`` → ``<key>.safetensors``.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for key, value in weights.items():
+        save_weights(value, tmp / f"{key}.safetensors", metadata={"format": FORMAT, "step": str(step)})
+    torch.save(state, tmp / "state.pt")
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "saved_at": time.time(),
+            "files": sorted(f"{k}.safetensors" for k in weights) + ["state.pt"], **meta}
+    with open(tmp / "meta.json", "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True, default=str)
+    for p in tmp.iterdir():
+        _fsync(p)
+    _fsync(tmp)
+    if final.exists():  # the same step saved twice (e.g. best, then periodic): swap, then drop the old copy
+        old = root / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync(root)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))
+             and (p / "meta.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def remove_incomplete(run_dir: str | Path) -> list[Path]:
+    """Remove leftovers of writes a crash interrupted (``.tmp-*``/``.old-*`` folders)."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def read_best(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / "checkpoints" / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def mark_best(run_dir: str | Path, checkpoint: Path, valid_loss: float) -> None:
+    write_json_atomic(Path(run_dir) / "checkpoints" / "best.json",
+                      {"checkpoint": checkpoint.name, "valid_loss": valid_loss, "step": read_meta(checkpoint)["step"]})
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints and the best one; returns what was deleted."""
+    found = list_checkpoints(run_dir)
+    best = read_best(run_dir)
+    keep = {p.name for p in found[-keep_last:]} | ({best["checkpoint"]} if best else set())
+    removed = [p for p in found if p.name not in keep]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
+
+
+def read_meta(checkpoint: str | Path) -> dict[str, Any]:
+    path = Path(checkpoint) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable checkpoint description ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a codecfw checkpoint (format {meta.get('format')!r})")
+    return meta
+
+
+def load_state(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The training state; ``weights_only=True``: nothing in it can run code."""
+    return torch.load(Path(checkpoint) / "state.pt", map_location=map_location, weights_only=True)
+
+
+def resolve_weights_file(path: str | Path, prefer_ema: bool = True) -> tuple[Path, Path | None]:
+    """``--init-from`` accepts a checkpoint folder, a run directory (its best, else latest checkpoint) or a
+    ``.safetensors`` file. Returns (model weights, EMA weights or None)."""
+    path = Path(path)
+    if path.is_file():
+        return path, None
+    if (path / "checkpoints").is_dir():
+        best = read_best(path)
+        ckpt = path / "checkpoints" / best["checkpoint"] if best else latest_checkpoint(path)
+        if ckpt is None:
+            raise FileNotFoundError(f"{path}: a run directory without any complete checkpoint")
+        path = ckpt
+    model = path / "model.safetensors"
+    if not model.is_file():
+        raise FileNotFoundError(f"{path}: expected a checkpoint folder with model.safetensors, a run directory, "
+                                f"or a .safetensors file")
+    ema = path / "ema.safetensors"
+    return model, (ema if prefer_ema and ema.is_file() else None)
+
+
+def load_codec_weights(codec: nn.Module, path: str | Path, prefer_ema: bool = True, strict: bool = True) -> Path:
+    """Load a checkpoint's codec weights (the EMA weights over them when present and ``prefer_ema``)."""
+    from safetensors.torch import load_file
+
+    model_file, ema_file = resolve_weights_file(path, prefer_ema)
+    load_weights(codec, model_file, strict=strict)
+    if ema_file is not None:
+        shadow = load_file(str(ema_file))
+        params = dict(codec.named_parameters())
+        with torch.no_grad():
+            for name, value in shadow.items():
+                if name in params:
+                    params[name].copy_(value)
+    return model_file

@@ -1,0 +1,179 @@
+"""Shared plumbing of ``codecfw encode`` / ``decode`` / ``export``: inputs, output paths, the codec, progress."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+_MAGIC = set("*?[")
+
+
+@dataclass
+class Job:
+    """One input file and where its result goes."""
+
+    source: Path
+    rel: Path  # path relative to the input root it was found under (mirrored below the output folder)
+    target: Path | None = None
+
+
+@dataclass
+class Report:
+    """Counts for the summary line."""
+
+    verb: str
+    files: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds_audio: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    errors: list[str] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        self.failed += 1
+        self.errors.append(message)
+        print(f"error: {message}", file=sys.stderr)
+
+    def line(self, out: str) -> str:
+        wall = time.perf_counter() - self.started
+        rtf = wall / self.seconds_audio if self.seconds_audio else float("nan")
+        speed = f" ({1 / rtf:.1f}x real time)" if self.seconds_audio and rtf > 0 else ""
+        extra = f", {self.skipped} skipped (exist)" if self.skipped else ""
+        return (f"{self.verb} {self.files} file(s), {self.failed} failed{extra}; "
+                f"{self.seconds_audio / 3600:.4f} h of audio in {wall:.1f} s: real-time factor {rtf:.4f}{speed} "
+                f"-> {out}")
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def expand_inputs(inputs: Sequence[str], suffixes: Sequence[str], report: Report) -> list[Job]:
+    """Files as given, folders recursively (files with one of ``suffixes``; hidden ones skipped), globs (``**``
+    allowed) relative to their first magic-free directory. Unmatched inputs are reported as failures."""
+    jobs: list[Job] = []
+    suffixes = tuple(s.lower() for s in suffixes)
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                report.fail(f"{item}: folder has no {'/'.join(suffixes)} files")
+            jobs += [Job(p, p.relative_to(path)) for p in found]
+        elif path.is_file():
+            jobs.append(Job(path, Path(path.name)))
+        elif _MAGIC & set(item):
+            base = Path(*_until_magic(Path(item).parts))
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                report.fail(f"{item}: no file matches this pattern")
+            jobs += [Job(p, p.relative_to(base) if p.is_relative_to(base) else Path(p.name)) for p in found]
+        else:
+            report.fail(f"{item}: no such file or folder")
+    return jobs
+
+
+def _until_magic(parts: Sequence[str]) -> list[str]:
+    out = []
+    for part in parts:
+        if _MAGIC & set(part):
+            break
+        out.append(part)
+    return out or ["."]
+
+
+def assign_targets(jobs: list[Job], out: str, suffix: str, single_suffixes: Sequence[str], report: Report
+                   ) -> list[Job]:
+    """Mirror relative paths below ``out`` with ``suffix``; a single input may name its output file directly.
+    Two inputs mapping to one output are errors (both dropped)."""
+    out_path = Path(out)
+    if len(jobs) == 1 and out_path.suffix.lower() in single_suffixes and not out_path.is_dir():
+        jobs[0].target = out_path
+        return jobs
+    by_target: dict[Path, list[Job]] = {}
+    for job in jobs:
+        job.target = out_path / job.rel.with_suffix(suffix)
+        by_target.setdefault(job.target, []).append(job)
+    kept = []
+    for target, group in by_target.items():
+        if len(group) > 1:
+            report.fail(f"{target}: {len(group)} inputs would write here ({', '.join(str(j.source) for j in group)})"
+                        f"; rename them or encode them into separate folders")
+        else:
+            kept.append(group[0])
+    return kept
+
+
+def add_codec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", "-c", required=True, metavar="CKPT",
+                   help="checkpoint folder, run directory, or registered pretrained name (see `codecfw plugins`)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="windows (long files) or equal-length files decoded per forward pass (default 8)")
+    p.add_argument("--chunk-seconds", type=float, default=None, metavar="S",
+                   help="override the codec's chunk window for long recordings")
+    p.add_argument("--no-chunk", action="store_true", help="process every recording whole (memory grows with "
+                                                          "duration; the reference for chunked results)")
+    p.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist alone")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def open_tokenizer(args: argparse.Namespace) -> Any:
+    """Load the codec named by ``--checkpoint``; raises ``SystemExit(2)`` with a message on failure."""
+    import torch
+
+    from ..api import load
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise SystemExit(_exit(f"--device {device!r}: {exc}"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(_exit(f"--device {device!r}: CUDA is not available on this machine"))
+    if args.batch_size < 1:
+        raise SystemExit(_exit(f"--batch-size must be >= 1, got {args.batch_size}"))
+    if args.chunk_seconds is not None and args.chunk_seconds <= 0:
+        raise SystemExit(_exit(f"--chunk-seconds must be > 0, got {args.chunk_seconds}"))
+    try:
+        return load(args.checkpoint, device=dev, chunk_seconds=args.chunk_seconds)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as exc:
+        raise SystemExit(_exit(f"--checkpoint {args.checkpoint}: {exc}"))
+
+
+def _exit(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def progress_bar(total_seconds: float, quiet: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=round(total_seconds, 2), unit="s", desc=desc, disable=quiet, leave=False,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}, {rate_fmt}]")
+
+
+def exists_skip(job: Job, args: argparse.Namespace, report: Report) -> bool:
+    if args.skip_existing and job.target is not None and job.target.exists():
+        report.skipped += 1
+        return True
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+def relpath(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # pragma: no cover - different drives on Windows
+        return str(path)

@@ -1,0 +1,105 @@
+"""``codecfw decode TOKENS... -o OUT --checkpoint CKPT``: token files (``.cfwt``) → FLAC/WAV audio.
+
+Token files written by another codec (different config hash) and damaged or truncated files are reported with the
+reason and skipped; the exit status is 1 if any failed. Long recordings are decoded window by window and streamed
+to the output file; every output is written atomically.
+"""
+
+from __future__ import annotations
+
+from ._io import (Report, add_codec_arguments, assign_targets, describe, exists_skip, expand_inputs, open_tokenizer,
+                  progress_bar)
+
+
+def run(args) -> int:
+    from ..audio_stream import AudioSink
+    from ..tokens import SUFFIX, TokenFile, TokenFileError
+
+    report = Report("decoded")
+    suffix = f".{args.format}"
+    jobs = assign_targets(expand_inputs(args.inputs, (SUFFIX,), report), args.output, suffix, (".flac", ".wav"),
+                          report)
+    if args.sample_rate is not None and args.sample_rate <= 0:
+        print(f"error: --sample-rate must be > 0, got {args.sample_rate}")
+        return 2
+    tok = open_tokenizer(args)
+    todo = []
+    for job in jobs:
+        if exists_skip(job, args, report):
+            continue
+        try:
+            tf = TokenFile.load(job.source)
+            tok.check(tf, job.source)
+        except TokenFileError as exc:
+            report.fail(str(exc))
+            continue
+        todo.append((job, tf))
+    bar = progress_bar(sum(tf.duration for _, tf in todo), args.quiet, "decode")
+    window = tok.policy.window if not args.no_chunk else float("inf")
+
+    def out_rate(tf: TokenFile) -> int | None:
+        if args.original_rate:
+            return int(tf.metadata.get("source_sample_rate") or tok.sample_rate)
+        return args.sample_rate
+
+    def write(job, tf, wave) -> None:
+        with AudioSink(job.target, tok.sample_rate, output_rate=out_rate(tf), subtype=args.subtype) as sink:
+            sink.write(wave.reshape(-1))
+        report.files += 1
+        report.seconds_audio += tf.duration
+
+    batch: list = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        try:
+            waves = tok.decode([tf for _, tf in batch], batch_size=args.batch_size, chunked=not args.no_chunk)
+        except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
+            for job, _ in batch:
+                report.fail(f"{job.source}: decoding failed: {describe(exc)}")
+        else:
+            for (job, tf), wave in zip(batch, waves):
+                try:
+                    write(job, tf, wave)
+                except (OSError, ValueError) as exc:
+                    report.fail(f"{job.target}: cannot write: {describe(exc)}")
+                bar.update(tf.duration)
+        batch.clear()
+
+    for job, tf in todo:
+        if tf.num_samples <= window:
+            batch.append((job, tf))
+            if len(batch) >= args.batch_size:
+                flush()
+            continue
+        try:
+            tok.decode_to_file(tf, job.target, sample_rate=out_rate(tf), subtype=args.subtype,
+                               batch_size=args.batch_size, chunked=not args.no_chunk,
+                               progress=lambda n: bar.update(n / tok.sample_rate))
+            report.files += 1
+            report.seconds_audio += tf.duration
+        except (OSError, RuntimeError, ValueError) as exc:
+            report.fail(f"{job.source}: {describe(exc)}")
+    flush()
+    bar.close()
+    print(report.line(args.output))
+    return report.exit_code
+
+
+def register(sub) -> None:
+    p = sub.add_parser("decode", help="decode token files into FLAC/WAV audio",
+                       description=__doc__.split("\n\n")[0].strip("`"))
+    p.add_argument("inputs", nargs="+", metavar="TOKENS", help="token files (.cfwt), folders (recursive) or globs")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder (relative paths mirrored), or a .flac/.wav file for a single input")
+    add_codec_arguments(p)
+    p.add_argument("--format", choices=("flac", "wav"), default="flac", help="output format (default flac)")
+    p.add_argument("--subtype", default=None, choices=("PCM_16", "PCM_24", "FLOAT"),
+                   help="sample format (default PCM_16; FLOAT only for wav)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                      help="resample the output to this rate (default: the codec's rate)")
+    rate.add_argument("--original-rate", action="store_true",
+                      help="resample the output to the rate of the file that was encoded (recorded in the tokens)")
+    p.set_defaults(func=run)

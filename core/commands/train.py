@@ -1,0 +1,77 @@
+"""``codecfw train RECIPE``: train a codec; rerun the same command to resume after a crash.
+
+    codecfw train recipes/xcodec.yaml -o train.steps=2000 [--run-dir DIR] [--init-from CKPT] [--device cuda]
+    torchrun --nproc_per_node 4 -m codecfw.core.cli train recipes/xcodec.yaml
+
+The run directory defaults to ``runs/<name>-<config hash>``: the same recipe and overrides find their run again and
+continue from its latest checkpoint. ``--init-from`` loads weights only (a checkpoint folder, a run directory or a
+``.safetensors`` file) and is ignored once the run directory holds a checkpoint of its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+from . import add_recipe_arguments
+
+
+def run(args) -> int:
+    from ..config import RecipeError, load_recipe
+    from ..distributed import shutdown_distributed
+    from ..registry import get_registry
+    from ..trainer import Trainer, format_summary
+
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s {'' if rank == 0 else f'[rank {rank}] '}%(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    registry = get_registry()
+    for name in args.plugins:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            print(f"--plugin {name}: cannot import it ({exc})", file=sys.stderr)
+            return 2
+        info = registry.register_module(module, name=name, distribution="<--plugin>")
+        if info.status != "ok":
+            print(f"--plugin {name}: {info.error}", file=sys.stderr)
+            return 2
+    try:
+        recipe = load_recipe(args.recipe, args.overrides, registry)
+    except (RecipeError, FileNotFoundError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    trainer = Trainer(recipe, registry=registry, run_dir=args.run_dir, device=args.device,
+                      init_from=args.init_from, progress=not args.no_progress)
+    try:
+        trainer.setup()
+        summary = trainer.train()
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        from ..data import ManifestError, NoUsableAudioError
+
+        if isinstance(exc, (ManifestError, NoUsableAudioError, FileNotFoundError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        trainer.close()
+        shutdown_distributed()
+    if rank == 0:
+        print(format_summary(summary))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a codec from a recipe (resumes its run directory automatically)")
+    add_recipe_arguments(p)
+    p.add_argument("--run-dir", default=None, help="run directory (default: train.run_dir, else runs/<name>-<hash>)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from these weights (checkpoint folder, run directory or .safetensors); weights only")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import MODULE and register its hooks (plugins without an entry point); repeatable")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (log lines instead)")
+    p.set_defaults(func=run)

@@ -1,0 +1,430 @@
+"""``codecfw eval``: metrics over a dataset through a codec (and non-neural anchors), with every setting recorded.
+
+::
+
+    clips (manifest / folder) ──► System.process(wav) ──► Reconstruction(waveform, tokens)
+                                                             │
+               metrics (registry slot "metric") ◄────────────┘   one failing metric → NaN + one logged error
+
+A :class:`System` is anything that turns a waveform into a reconstruction: a trained or untrained :class:`Codec`
+(:class:`CodecSystem`), the lossless :class:`IdentitySystem` (the metrics' ideal values, and the ground-truth WER
+of the ASR model), or an anchor (:mod:`codecfw.core.anchors`: Codec2, Opus). Every system is scored at one
+evaluation sample rate (default: the first system's) against the original resampled to that rate.
+
+Outputs (``out_dir``): ``clips.csv`` (one row per clip and system), ``summary.csv`` (per system and domain, ``all``
+first), ``results.json`` (every setting: sample rate, resampler, alignment, metric parameter sets, ASR model and
+text normaliser, checkpoint hashes, package versions; the summaries; unavailable backends; errors), ``report.md``
+with spectrograms (see :mod:`codecfw.core.report`), and ``comparison.csv``/``.md`` when several systems ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .metric import ALIGNMENT, RESAMPLER, Metric, MetricUnavailable, align, resample
+from .types import TokenStream, bitrate, token_rate
+
+logger = logging.getLogger("codecfw.eval")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Clips
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Clip:
+    """One evaluation item. ``id`` is the path relative to the source without its extension."""
+
+    id: str
+    path: str
+    domain: str | None = None
+    transcript: str | None = None
+    split: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_clips(source: str | Path, split: str | None = None, limit: int | None = None) -> list[Clip]:
+    """Clips of a manifest (JSONL/CSV: path, domain, transcript, split, any label column) or a folder of audio."""
+    from .data import load_entries, resolve_source
+
+    root = resolve_source(source)
+    base = root if root.is_dir() else root.parent
+    clips = []
+    for entry in load_entries(source, split=split):
+        path = Path(entry.path)
+        try:
+            cid = str(path.relative_to(base).with_suffix(""))
+        except ValueError:
+            cid = str(path.with_suffix(""))
+        clips.append(Clip(cid, str(path), entry.domain, entry.transcript, entry.split, dict(entry.meta)))
+    return clips[:limit] if limit else clips
+
+
+def read_clip(clip: Clip, sample_rate: int, max_seconds: float | None = None) -> Tensor:
+    """Mono float32 ``Tensor[N]`` at ``sample_rate`` (channel mean, torchaudio sinc resampling)."""
+    from .data import read_audio
+
+    wav = read_audio(clip.path, sample_rate)[0]
+    if max_seconds:
+        wav = wav[: int(round(max_seconds * sample_rate))]
+    if wav.numel() == 0:
+        raise ValueError(f"{clip.path}: empty audio")
+    return wav
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Systems
+# ------------------------------------------------------------------------------------------------------------
+
+
+class SystemUnavailable(RuntimeError):
+    """A system's external tool is missing (e.g. the codec2 binaries); reported, never fatal."""
+
+
+@dataclass
+class Reconstruction:
+    """waveform : Tensor[N] at the system's rate; tokens : {stream: LongTensor[T]}; encoded_bits: anchors' file size."""
+
+    waveform: Tensor
+    tokens: dict[str, Tensor] = field(default_factory=dict)
+    encoded_bits: int | None = None
+
+
+class System:
+    """Something evaluated: waveform in, reconstruction out. Subclasses set ``name``, ``sample_rate``, ``streams``."""
+
+    kind = "system"
+    name: str = "system"
+    sample_rate: int = 16000
+    streams: list[TokenStream] = []
+    #: Domains this system is meant for (Codec2: speech); other clips are skipped. None: every clip.
+    domains: tuple[str, ...] | None = None
+
+    @property
+    def bitrate(self) -> float | None:
+        return bitrate(self.streams) if self.streams else None
+
+    @property
+    def token_rate(self) -> float | None:
+        return token_rate(self.streams) if self.streams else None
+
+    def check(self) -> None:
+        """Raise :class:`SystemUnavailable` when a required tool is missing."""
+
+    def process(self, wav: Tensor) -> Reconstruction:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "sample_rate": self.sample_rate, "bitrate": self.bitrate,
+                "token_rate": self.token_rate, "streams": [vars(s) for s in self.streams]}
+
+
+class IdentitySystem(System):
+    """Returns its input: every metric's ideal value (and the ASR model's own error on the originals)."""
+
+    kind = "identity"
+
+    def __init__(self, sample_rate: int = 16000, name: str = "identity") -> None:
+        self.sample_rate, self.name = sample_rate, name
+
+    def process(self, wav: Tensor) -> Reconstruction:
+        return Reconstruction(wav.clone())
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CodecSystem(System):
+    """A composed :class:`~codecfw.core.codec.Codec`: ``encode`` then ``decode`` (the token path a user ships)."""
+
+    kind = "codec"
+
+    def __init__(self, codec: Any, name: str, device: str = "cpu", info: dict[str, Any] | None = None) -> None:
+        self.codec = codec.to(device).eval()
+        self.name, self.device = name, torch.device(device)
+        self.sample_rate = int(codec.sample_rate)
+        self.streams = list(codec.streams())
+        self.info = dict(info or {})
+
+    def process(self, wav: Tensor) -> Reconstruction:
+        with torch.inference_mode():
+            x = wav.to(self.device, torch.float32)[None, None]
+            tokens = self.codec.encode(x)
+            y = self.codec.decode(tokens, x.shape[-1])
+        return Reconstruction(y.reshape(-1).float().cpu(), {k: v[0].reshape(-1).cpu() for k, v in tokens.items()})
+
+    def settings(self) -> dict[str, Any]:
+        params = sum(p.numel() for p in self.codec.parameters())
+        return {**super().settings(), **self.info, "parameters": params, "device": str(self.device)}
+
+
+def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides: Sequence[str] = ()) -> System:
+    """``identity``, a checkpoint folder / run directory, a recipe (file or shipped name; an *untrained* codec
+    seeded with ``train.seed``), or a registered pretrained name."""
+    from .config import load_recipe, resolve_recipe_path
+
+    if spec == "identity":
+        return IdentitySystem()
+    path = Path(spec)
+    if path.exists() and not path.suffix.lower() in (".yaml", ".yml"):
+        from .api import load_checkpoint, resolve_checkpoint_dir
+
+        codec, recipe, meta = load_checkpoint(path, registry)
+        folder = resolve_checkpoint_dir(path)
+        hashes = {p.name: file_sha256(p)[:16] for p in sorted(folder.glob("*.safetensors"))}
+        info = {"checkpoint": str(folder), "checkpoint_hash": hashes, "step": meta.get("step"),
+                "config_hash": recipe.config_hash(), "recipe": recipe.model_dump(mode="json")}
+        return CodecSystem(codec, recipe.name, device, info)
+    try:
+        recipe_path = resolve_recipe_path(spec)
+    except FileNotFoundError:
+        recipe_path = None
+    if recipe_path is not None:
+        from .codec import build_codec
+
+        recipe = load_recipe(recipe_path, list(overrides), registry)
+        torch.manual_seed(recipe.train.seed)
+        logger.warning("evaluating an UNTRAINED codec built from %s (random weights, seed %d)", recipe_path,
+                       recipe.train.seed)
+        info = {"checkpoint": None, "checkpoint_hash": f"untrained (seed {recipe.train.seed})",
+                "recipe_file": str(recipe_path), "config_hash": recipe.config_hash(),
+                "recipe": recipe.model_dump(mode="json")}
+        return CodecSystem(build_codec(recipe, registry), recipe.name, device, info)
+    from .api import load
+
+    tokenizer = load(spec, registry=registry)
+    info = {"pretrained": spec, "config_hash": tokenizer.config_hash, **tokenizer.info}
+    return CodecSystem(tokenizer.codec, spec, device, info)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    rows: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    columns: list[str]
+    directions: dict[str, bool | None]
+    settings: dict[str, Any]
+    errors: dict[str, dict[str, dict[str, Any]]]
+    unavailable: dict[str, dict[str, str]]
+    examples: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, list]] = field(default_factory=dict)
+    probe: dict[str, Any] | None = None
+    out_dir: Path | None = None
+
+    def overall(self, system: str) -> dict[str, Any]:
+        """The ``all``-domain summary row of one system."""
+        return next(r for r in self.summary if r["system"] == system and r["domain"] == "all")
+
+
+def _choose_examples(clips: list[Clip], report_clips: int | Sequence[str]) -> set[str]:
+    if not isinstance(report_clips, int):
+        return set(report_clips)
+    by_domain: dict[str | None, list[Clip]] = {}
+    for clip in clips:
+        by_domain.setdefault(clip.domain, []).append(clip)
+    chosen: list[str] = []
+    while len(chosen) < min(report_clips, len(clips)):  # round robin over domains: one of each first
+        for group in by_domain.values():
+            if group and len(chosen) < report_clips:
+                chosen.append(group.pop(0).id)
+    return set(chosen)
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence[Metric],
+             out_dir: str | Path | None = None, *, sample_rate: int | None = None, max_seconds: float | None = None,
+             report_clips: int | Sequence[str] = 3, probe: dict[str, Any] | None = None, progress: bool = True,
+             data_source: str | None = None) -> EvalResult:
+    """Score every system on every clip with every metric; write the outputs when ``out_dir`` is given.
+
+    probe : keyword arguments of :func:`codecfw.core.probe.run_probe` (e.g. ``{"label_key": "domain"}``), run for
+        each codec system.
+    """
+    from tqdm.auto import tqdm
+
+    clips = list(clips)
+    if not clips:
+        raise ValueError("no clips to evaluate")
+    eval_sr = int(sample_rate or systems[0].sample_rate)
+    examples_wanted = _choose_examples(clips, report_clips)
+    unavailable: dict[str, dict[str, str]] = {"metrics": {}, "systems": {}}
+    usable: list[Metric] = []
+    for metric in metrics:
+        try:
+            metric.check()
+            usable.append(metric)
+        except MetricUnavailable as exc:
+            unavailable["metrics"][metric.name] = str(exc)
+            logger.warning("metric %s unavailable: %s", metric.name, exc)
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, dict[str, dict[str, Any]]] = {}
+    columns: list[str] = []
+    directions: dict[str, bool | None] = {"rtf": False}
+    corpus: dict[str, dict[str, float]] = {}
+    examples: dict[str, dict[str, Tensor]] = {}
+    system_settings: dict[str, Any] = {}
+    artifacts: dict[str, dict[str, list]] = {}
+
+    def add_columns(names: list[str], metric: Metric | None) -> None:
+        for n in names:
+            if n not in columns:
+                columns.append(n)
+                directions[n] = metric.direction(n) if metric is not None else None
+
+    def record_error(system: str, what: str, clip: Clip, exc: BaseException) -> None:
+        entry = errors.setdefault(system, {}).setdefault(what, {"count": 0})
+        entry["count"] += 1
+        if entry["count"] == 1:  # one logged error per system and metric; the rest are counted
+            entry.update(first_clip=clip.id, error=f"{type(exc).__name__}: {exc}")
+            logger.error("%s: %s failed on %s: %s: %s (further failures are counted, not logged)", system, what,
+                         clip.id, type(exc).__name__, exc)
+            logger.debug("".join(traceback.format_exception(exc)))
+
+    for system in systems:
+        try:
+            system.check()
+        except SystemUnavailable as exc:
+            unavailable["systems"][system.name] = str(exc)
+            logger.warning("system %s unavailable: %s", system.name, exc)
+            continue
+        system_settings[system.name] = system.settings()
+        for metric in usable:
+            metric.setup(system)
+            metric.reset()
+            add_columns(metric.columns(), metric)
+        for clip in tqdm(clips, desc=f"eval {system.name}", disable=not progress, leave=False):
+            row: dict[str, Any] = {"system": system.name, "clip": clip.id, "domain": clip.domain or ""}
+            rows.append(row)
+            if system.domains is not None and clip.domain is not None and clip.domain not in system.domains:
+                row["skipped"] = f"system for {'/'.join(system.domains)} only"
+                continue
+            try:
+                ref = read_clip(clip, eval_sr, max_seconds)
+                start = time.perf_counter()
+                rec = system.process(resample(ref, eval_sr, system.sample_rate))
+                elapsed = time.perf_counter() - start
+                est, ref_aligned = align(resample(rec.waveform.reshape(-1).float(), system.sample_rate, eval_sr), ref)
+                if not torch.isfinite(est).all():
+                    raise ValueError("the reconstruction contains NaN or inf")
+            except Exception as exc:  # noqa: BLE001 - one broken clip must not stop the run
+                record_error(system.name, "process", clip, exc)
+                continue
+            row["seconds"] = ref.numel() / eval_sr
+            row["rtf"] = elapsed / row["seconds"]
+            meta = {"transcript": clip.transcript, "tokens": rec.tokens, "clip_id": clip.id, "domain": clip.domain,
+                    "num_samples": est.numel(), "encoded_bits": rec.encoded_bits, "system_name": system.name}
+            for metric in usable:
+                if not metric.applies_to(clip.domain) or (metric.needs_transcript and not clip.transcript) or \
+                        (metric.needs_tokens and not rec.tokens):
+                    continue
+                try:
+                    value = metric(est, ref_aligned, eval_sr, **meta)
+                except Exception as exc:  # noqa: BLE001 - NaN + one logged error, never a crashed run
+                    record_error(system.name, metric.name, clip, exc)
+                    continue
+                values = value if isinstance(value, dict) else {metric.name: value}
+                add_columns(list(values), metric)
+                row.update({k: float(v) for k, v in values.items()})
+            if clip.id in examples_wanted:
+                examples.setdefault(clip.id, {"original": ref})[system.name] = est
+        corpus[system.name] = {k: v for m in usable for k, v in m.summary().items()}
+        for metric in usable:
+            for fname, records in getattr(metric, "artifacts", dict)().items():
+                artifacts.setdefault(system.name, {})[fname] = list(records)
+
+    for row in rows:
+        for col in columns:
+            row.setdefault(col, float("nan"))
+    summary = summarise(rows, columns, corpus)
+    metric_settings = {}
+    for metric in metrics:
+        entry = {"kind": metric.config.kind, "needs_reference": metric.needs_reference,
+                 "needs_transcript": metric.needs_transcript, "needs_tokens": metric.needs_tokens,
+                 "dependency": metric.dependency, "domains": list(metric.domains) if metric.domains else None}
+        try:
+            entry["settings"] = metric.settings() if metric.name not in unavailable["metrics"] else \
+                metric.config.model_dump(mode="json")
+        except Exception as exc:  # noqa: BLE001
+            entry["settings"] = {"error": f"{type(exc).__name__}: {exc}"}
+        metric_settings[metric.name] = entry
+    settings = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": {"source": data_source, "clips": len(clips), "max_seconds": max_seconds,
+                 "domains": {d or "unlabelled": sum(1 for c in clips if c.domain == d) for d in
+                             sorted({c.domain for c in clips}, key=str)}},
+        "sample_rate": eval_sr, "resampler": RESAMPLER, "alignment": ALIGNMENT,
+        "mixdown": "channel mean (codecfw.core.data.read_audio)", "metrics": metric_settings,
+        "systems": system_settings, "environment": environment(),
+    }
+    result = EvalResult(rows, summary, columns, directions, settings, errors, unavailable, examples,
+                        artifacts=artifacts)
+    if probe is not None:
+        from .probe import run_probe
+
+        result.probe = {}
+        for system in systems:
+            if isinstance(system, CodecSystem) and system.name in system_settings:
+                result.probe[system.name] = run_probe(system, clips, max_seconds=max_seconds, **probe)
+    if out_dir is not None:
+        from .report import write_outputs
+
+        write_outputs(result, Path(out_dir))
+    return result
+
+
+def summarise(rows: list[dict[str, Any]], columns: list[str], corpus: dict[str, dict[str, float]]
+              ) -> list[dict[str, Any]]:
+    """Per system: an ``all`` row (corpus-level values where a metric defines them) then one row per domain."""
+    out = []
+    for system in dict.fromkeys(r["system"] for r in rows):
+        mine = [r for r in rows if r["system"] == system and "seconds" in r]
+        domains = sorted({r["domain"] for r in mine if r["domain"]})
+        for domain in ["all", *domains]:
+            group = mine if domain == "all" else [r for r in mine if r["domain"] == domain]
+            entry: dict[str, Any] = {"system": system, "domain": domain, "clips": len(group),
+                                     "seconds": sum(r["seconds"] for r in group)}
+            for col in ["rtf", *columns]:
+                entry[col] = _mean([r.get(col, float("nan")) for r in group])
+            if domain == "all":
+                entry.update(corpus.get(system, {}))
+            out.append(entry)
+    return out
+
+
+def environment() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for dist in ("codecfw", "torch", "torchaudio", "numpy", "pesq", "pystoi", "pocketsphinx", "transformers"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}

@@ -1,0 +1,248 @@
+"""Pretrained names: official checkpoints on the Hugging Face hub, converted to codecfw codecs on first use.
+
+A name is registered through the ``register_pretrained(register)`` hook, like any plugin kind, so plugin packages
+add their own::
+
+    from codecfw import hookimpl
+    from codecfw.core.pretrained import pretrained_spec
+
+    @hookimpl
+    def register_pretrained(register):
+        spec = pretrained_spec("mycodec-base", repo_id="me/mycodec", files=["model.pth", "config.yaml"])
+        register("mycodec-base", spec, convert_mycodec)   # or "my_package.convert:convert_mycodec"
+
+A converter is ``converter(spec, files) -> Converted`` where ``files`` maps each name in ``spec.files`` to a local
+path; it returns the codecfw recipe (plain data) and a state dict for the codec that recipe builds. :func:`load_pretrained`
+fetches the files (``huggingface_hub.hf_hub_download``; offline it uses the hub cache or a local folder, and fails
+with :class:`PretrainedUnavailable` naming the cache folder and the files expected there), converts, validates the
+recipe, builds the codec, loads the weights strictly, and caches the result as a codecfw checkpoint folder under
+``$CODECFW_CACHE/pretrained/<name>/`` so later loads skip the conversion.
+
+codecfw's own names (SemantiCodec, X-Codec) are registered by this module through the ``pretrained`` entry point;
+their converters live with the plugins that build those codecs and are imported only when a name is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field, create_model
+
+from codecfw import hookimpl
+
+from .config import PluginConfig
+
+ENV_CACHE = "CODECFW_CACHE"
+ENV_LOCAL = "CODECFW_PRETRAINED_DIR"
+
+
+class PretrainedUnavailable(FileNotFoundError):
+    """The files of a pretrained name could not be downloaded and are not cached locally."""
+
+
+class PretrainedSpec(PluginConfig):
+    """Where a pretrained codec's official files live and what its converter needs. Subclassed per name by
+    :func:`pretrained_spec` so the registry's ``kind`` is the name."""
+
+    kind: str
+    repo_id: str = Field(description="Hugging Face hub repository, e.g. haoheliu/SemantiCodec")
+    files: list[str] = Field(description="files of the repository the converter needs (paths inside the repo)")
+    revision: str | None = Field(None, description="branch, tag or commit; None = the default branch")
+    options: dict[str, Any] = Field(default_factory=dict, description="converter settings (token rate, ...)")
+    description: str = ""
+    license: str = ""
+    url: str = ""
+
+
+def pretrained_spec(name: str, **fields: Any) -> type[PretrainedSpec]:
+    """A :class:`PretrainedSpec` subclass whose defaults describe ``name`` (instantiate it with no arguments)."""
+    typed = {k: (Any, v) for k, v in fields.items()}
+    safe = "".join(c if c.isalnum() else "_" for c in name)
+    return create_model(f"Pretrained_{safe}", __base__=PretrainedSpec,
+                        kind=(Literal[name], name), **typed)  # type: ignore[call-overload]
+
+
+@dataclass
+class Converted:
+    """What a converter returns: the recipe (plain data, validated by codecfw) and the codec's state dict."""
+
+    recipe: dict[str, Any]
+    state_dict: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def lazy_converter(target: str) -> Callable[[PretrainedSpec, dict[str, Path]], Converted]:
+    """A converter given as ``"package.module:function"``, imported when first called."""
+
+    def convert(spec: PretrainedSpec, files: dict[str, Path]) -> Converted:
+        module_name, _, attr = target.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise RuntimeError(f"pretrained {spec.kind!r}: its converter {target} is not available "
+                               f"({type(exc).__name__}: {exc}); install or update the plugin that provides it") from None
+        return fn(spec, files)
+
+    convert.target = target  # type: ignore[attr-defined]
+    return convert
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lookup, download, conversion
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def pretrained_names(registry=None) -> list[str]:
+    from .registry import get_registry
+
+    return sorted((registry or get_registry()).kinds("pretrained"))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "codecfw")
+
+
+def hub_cache_folder(repo_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where huggingface_hub keeps ``repo_id``'s files."""
+    from huggingface_hub import constants
+
+    return Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+
+
+def local_folder(name: str) -> Path:
+    """A folder where the official files may be placed by hand (same relative paths as in the hub repository)."""
+    root = os.environ.get(ENV_LOCAL)
+    return Path(root) / name if root else cache_root() / "pretrained" / name / "files"
+
+
+def fetch_files(spec: PretrainedSpec, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Local paths of ``spec.files``: from the local folder if complete, else through huggingface_hub (download
+    when online, cache only when ``HF_HUB_OFFLINE=1`` or the hub is unreachable)."""
+    local = local_folder(spec.kind)
+    if all((local / f).is_file() for f in spec.files):
+        return {f: local / f for f in spec.files}
+    from huggingface_hub import hf_hub_download
+
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    errors: list[str] = []
+    for name in spec.files:
+        try:
+            found[name] = Path(hf_hub_download(spec.repo_id, name, revision=spec.revision, cache_dir=cache_dir))
+        except Exception as exc:  # offline, unreachable, gated, missing file: all end in the same advice
+            missing.append(name)
+            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+    if missing:
+        folder = hub_cache_folder(spec.repo_id, cache_dir)
+        raise PretrainedUnavailable(
+            f"pretrained {spec.kind!r}: cannot download from the hub repository {spec.repo_id} and the files are not "
+            f"cached.\n  cache folder: {folder}\n  files expected there: {', '.join(missing)}\n"
+            f"  alternatively put all of {', '.join(spec.files)} (same relative paths) under {local}\n"
+            f"  fix: go online and retry, or on a connected machine run "
+            f"`huggingface-cli download {spec.repo_id} {' '.join(missing)}` and copy {folder}\n"
+            f"  errors: {'; '.join(errors[:3])}")
+    return found
+
+
+def converted_folder(spec: PretrainedSpec) -> Path:
+    return cache_root() / "pretrained" / spec.kind / (spec.revision or "default")
+
+
+def load_pretrained(name: str, registry=None, cache_dir: str | os.PathLike | None = None, reconvert: bool = False):
+    """Fetch, convert (or reuse the cached conversion), validate, build, load weights.
+    Returns (codec in eval mode, recipe, meta)."""
+    from .api import CheckpointError, load_checkpoint
+    from .registry import get_registry
+
+    registry = registry or get_registry()
+    reg = registry.get("pretrained", name)
+    spec = reg.config()
+    target = converted_folder(spec)
+    if not reconvert and (target / "model.safetensors").is_file():
+        try:
+            return load_checkpoint(target, registry, prefer_ema=False)
+        except CheckpointError:
+            pass  # stale conversion (plugin changed): convert again
+    files = fetch_files(spec, cache_dir)
+    converted = reg.build(spec, files)
+    if not isinstance(converted, Converted):
+        raise TypeError(f"pretrained {name!r}: converter returned {type(converted).__name__}, expected Converted")
+    save_converted(target, spec, converted, registry)
+    return load_checkpoint(target, registry, prefer_ema=False)
+
+
+def save_converted(folder: Path, spec: PretrainedSpec, converted: Converted, registry) -> Path:
+    """Write a converted codec as a checkpoint folder (``model.safetensors`` + ``meta.json``), atomically."""
+    import shutil
+
+    from .checkpoint import FORMAT, FORMAT_VERSION, save_weights
+    from .config import validate_recipe
+
+    recipe = validate_recipe(converted.recipe, registry, source=f"pretrained {spec.kind}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_weights(converted.state_dict, tmp / "model.safetensors", metadata={"format": FORMAT})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": 0, "recipe": recipe.model_dump(mode="json"),
+            "config_hash": recipe.config_hash(), "pretrained": spec.model_dump(mode="json"),
+            "plugins": {p.name: p.version for p in registry.plugins.values()}, **converted.metadata}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# codecfw's own names
+# ---------------------------------------------------------------------------------------------------------------
+
+SEMANTICODEC_CONVERTER = "codecfw.plugins.semantic.audiomae:convert_official_semanticodec"
+XCODEC_CONVERTER = "codecfw.plugins.semantic.ssl_teacher:convert_official_xcodec"
+_VOCAB = {"4k": 4096, "8k": 8192, "16k": 16384, "32k": 32768}
+
+
+def builtin_specs() -> list[tuple[str, type[PretrainedSpec], str]]:
+    """(name, spec class, converter target) of the official SemantiCodec and X-Codec checkpoints."""
+    out = []
+    for tps in (100, 50, 25):
+        stack = 100 // tps
+        for tag, vocab in _VOCAB.items():
+            name = f"semanticodec-{tps}tps.{tag}"
+            codebook = f"codebook_idx/combine_{512 // stack}_audioset_dominate/codebook_{vocab // 2}_0.npy"
+            out.append((name, pretrained_spec(
+                name, repo_id="haoheliu/SemantiCodec",
+                files=[f"semanticodec_tokenrate_{tps}/encoder.ckpt", f"semanticodec_tokenrate_{tps}/decoder.ckpt",
+                       codebook],
+                options={"token_rate": tps, "stack_factor": stack, "semantic_vocab_size": vocab},
+                description=f"SemantiCodec, {tps} tokens/s over 2 streams, {vocab}-entry semantic codebook, 16 kHz",
+                license="MIT (model card)", url="https://huggingface.co/haoheliu/SemantiCodec"),
+                SEMANTICODEC_CONVERTER))
+    xcodec = {
+        "xcodec-hubert-librispeech": ("xcodec_speech_hubert_librispeech.pth", "config_hubert.yaml",
+                                      "facebook/hubert-base-ls960", "speech, LibriSpeech"),
+        "xcodec-wavlm-mls": ("xcodec_speech_wavlm_mls.pth", "config_wavlm.yaml", "microsoft/wavlm-base-plus",
+                             "speech, MLS English"),
+        "xcodec-wavlm-more-data": ("xcodec_speech_wavlm_more_data.pth", "config_wavlm.yaml",
+                                   "microsoft/wavlm-base-plus", "speech, MLS English + internal data"),
+        "xcodec-hubert-general": ("xcodec_hubert_general_audio_v2.pth", "config_hubert_general.yaml",
+                                  "ZhenYe234/hubert_base_general_audio", "general audio, 200k h internal data"),
+    }
+    for name, (weights, config, teacher, what) in xcodec.items():
+        out.append((name, pretrained_spec(
+            name, repo_id="ZhenYe234/xcodec", files=[weights, config], options={"teacher": teacher},
+            description=f"X-Codec ({what}), 16 kHz, 8 RVQ layers of 1024 at 50 Hz",
+            url="https://huggingface.co/ZhenYe234/xcodec"), XCODEC_CONVERTER))
+    return out
+
+
+@hookimpl
+def register_pretrained(register):
+    for name, spec, target in builtin_specs():
+        register(name, spec, lazy_converter(target))

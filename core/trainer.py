@@ -1,0 +1,507 @@
+"""The one training loop, for every codec. Read it top to bottom: ``setup`` builds, ``train`` loops, ``train_step``
+is one optimizer step, ``validate`` and ``save`` are what happens every N steps.
+
+Following torchtune's "no training framework" rule, the loop is written out here rather than spread over callbacks.
+The codec supplies the objective (``codec.decoder.objective``, see :mod:`codecfw.core.objectives`); the loop owns
+turns, optimizers, precision, accumulation, clipping, EMA, schedules, logging, checkpoints and distribution.
+
+Run directory (``runs/<name>-<config hash>`` unless ``train.run_dir``/``--run-dir`` say otherwise)::
+
+    recipe.yaml      resolved recipe          metrics.jsonl   one line per step (train) and per validation
+    tensorboard/     TensorBoard events       samples/        validation clips (reference and reconstruction)
+    checkpoints/     see codecfw.core.checkpoint               summary.json    the last session's summary
+
+Exact resume: a checkpoint holds weights, optimizer/scheduler/scaler states, every rank's RNG states and the data
+position; crops are drawn from ``(seed, epoch, index)`` and everything that draws random numbers outside the step
+(data-loader start, validation) runs under ``torch.random.fork_rng``. A run restarted after SIGKILL therefore logs
+the same per-step losses as one never interrupted (tests/test_train.py checks it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from .codec import Codec, build_codec
+from .config import RecipeBase
+from .distributed import (DistributedContext, all_reduce_mean, all_true, barrier, broadcast_buffers, gather_objects,
+                          init_distributed, rng_state, seed_everything, set_rng_state, unwrap, wrap_ddp)
+from .ema import WeightEMA
+from .objectives import DiscriminatorSet, Objective, build_objective, evaluate
+from .registry import Registry, get_registry
+from .types import BuildContext
+
+log = logging.getLogger("codecfw.train")
+
+
+class LRSchedule:
+    """Multiplier of the base LR at optimizer step ``s``: linear warm-up, then constant, cosine (to
+    ``min_ratio``) or exponential (``decay ** s``, DAC's ExponentialLR). A class, not a lambda, so ``LambdaLR``
+    saves its settings in the checkpoint."""
+
+    def __init__(self, warmup: int, schedule: str, total: int, decay: float, min_ratio: float = 0.0) -> None:
+        self.warmup, self.schedule, self.total, self.decay, self.min_ratio = warmup, schedule, total, decay, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        s = step - self.warmup
+        if self.schedule == "exponential":
+            return self.decay ** s
+        if self.schedule == "cosine":
+            progress = min(1.0, s / max(1, self.total - self.warmup))
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+
+def default_run_dir(recipe: RecipeBase) -> Path:
+    return Path("runs") / f"{recipe.name}-{recipe.config_hash()}"
+
+
+def plugin_versions(recipe: RecipeBase, registry: Registry) -> dict[str, Any]:
+    """``{slot: {kind: "distribution version"}}`` of every kind the recipe uses."""
+    out: dict[str, dict[str, str]] = {}
+    for field, slot in (("semantic", "semantic"), ("acoustic", "acoustic"), ("decoder", "decoder"),
+                        ("discriminators", "discriminator"), ("losses", "loss")):
+        value = getattr(recipe, field, None)
+        for cfg in (value if isinstance(value, list) else [value]):
+            if cfg is not None:
+                reg = registry.get(slot, cfg.kind)
+                out.setdefault(slot, {})[cfg.kind] = f"{reg.distribution} {reg.version}"
+    return out
+
+
+class Trainer:
+    """Trains ``recipe``'s codec. ``train_loader``/``valid_loader`` replace the recipe's data (tests, notebooks)."""
+
+    def __init__(self, recipe: RecipeBase, *, registry: Registry | None = None, run_dir: str | Path | None = None,
+                 device: str | None = None, init_from: str | Path | None = None, progress: bool = True,
+                 train_loader: Any = None, valid_loader: Any = None) -> None:
+        self.recipe, self.cfg = recipe, recipe.train
+        self.registry = registry or get_registry()
+        self.run_dir = Path(run_dir or self.cfg.run_dir or default_run_dir(recipe))
+        self.device_arg, self.init_from, self.progress = device, init_from, progress
+        self.train_loader, self.valid_loader = train_loader, valid_loader
+        self.step = self.epoch = self.batches_done = 0
+        self.best_valid = math.inf
+        self._log_buffer: list[tuple[int, list[str], Tensor, dict[str, float]]] = []
+        self._last_saved = -1
+
+    # ------------------------------------------------------------------------------------------------------------
+    # setup
+    # ------------------------------------------------------------------------------------------------------------
+
+    def setup(self) -> "Trainer":
+        cfg, recipe = self.cfg, self.recipe
+        self.dist: DistributedContext = init_distributed(self.device_arg)
+        self.device = self.dist.device
+        seed_everything(cfg.seed + self.dist.rank)
+        if self.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.benchmark = True  # training crops have one fixed shape
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_incomplete(self.run_dir)
+            self._write_recipe()
+        barrier(self.dist)
+
+        # The codec is built after the process group exists: vector-quantize-pytorch turns on its all-reduce of EMA
+        # statistics (sync_codebook) when it sees one.
+        self.codec: Codec = build_codec(recipe, self.registry).to(self.device)
+        self.objective_kind = self.codec.decoder.objective
+        self.discriminator: nn.Module | None = None
+        self.losses: dict[str, tuple[nn.Module, float]] = {}
+        if self.objective_kind == "adversarial":
+            if not recipe.discriminators:
+                raise ValueError(f"decoder {recipe.decoder.kind!r} trains adversarially: the recipe needs "
+                                 f"'discriminators: [{{kind: ...}}]'")
+            ctx = BuildContext(sample_rate=recipe.sample_rate)
+            self.discriminator = DiscriminatorSet([self.registry.build("discriminator", c, ctx)
+                                                   for c in recipe.discriminators]).to(self.device)
+            for i, c in enumerate(recipe.losses):
+                if not hasattr(c, "weight"):
+                    raise ValueError(f"losses.{i} ({c.kind}): a loss config needs a 'weight' field")
+                name = c.kind if c.kind not in self.losses else f"{c.kind}_{i}"
+                self.losses[name] = (self.registry.build("loss", c, ctx).to(self.device), float(c.weight))
+
+        latest = ckpt.latest_checkpoint(self.run_dir)
+        if latest is not None:
+            self._load_weights(latest)
+        elif self.init_from is not None:
+            loaded = ckpt.load_codec_weights(self.codec, self.init_from, prefer_ema=True)
+            log.info("initialised the codec's weights from %s", loaded)
+        self.ema = WeightEMA(self.codec, cfg.ema_decay) if cfg.ema_decay else None
+        if self.ema is not None and latest is not None and (latest / "ema.safetensors").is_file():
+            from safetensors.torch import load_file
+            self.ema.load_state_dict(load_file(str(latest / "ema.safetensors")))
+
+        # DDP broadcasts rank 0's parameters and buffers at wrapping: every replica starts identical.
+        self.model = wrap_ddp(self.codec, self.dist, cfg.find_unused_parameters)
+        self.modules: dict[str, nn.Module] = {"generator": self.model}
+        self.optimizers = {"generator": self._optimizer(self.codec, cfg.lr)}
+        total = {"generator": cfg.steps}
+        if self.discriminator is not None:
+            self.modules["discriminator"] = wrap_ddp(self.discriminator, self.dist, cfg.find_unused_parameters)
+            self.optimizers["discriminator"] = self._optimizer(self.discriminator, cfg.discriminator_lr or cfg.lr)
+            total["discriminator"] = max(1, cfg.steps - cfg.discriminator_start)
+        self.schedulers = {turn: torch.optim.lr_scheduler.LambdaLR(
+            opt, LRSchedule(cfg.warmup_steps, cfg.schedule, total[turn], cfg.lr_decay, cfg.min_lr_ratio))
+            for turn, opt in self.optimizers.items()}
+        use_amp = self.device.type == "cuda" and cfg.precision != "fp32"
+        if cfg.precision != "fp32" and not use_amp:
+            log.info("precision %s is for CUDA; training in fp32 on %s", cfg.precision, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if use_amp else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.objective: Objective = build_objective(
+            self.objective_kind, codec=self.model, loss_weights=cfg.loss_weights,
+            **({} if self.discriminator is None else dict(
+                discriminator=self.modules["discriminator"], discriminator_module=self.discriminator,
+                losses=self.losses, gan_loss=cfg.gan_loss, discriminator_start=cfg.discriminator_start)))
+
+        self._build_data()
+        resumed_rng = self._load_state(latest) if latest is not None else None
+        self.writer = None
+        if self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
+            if latest is not None:
+                self._truncate_metrics(self.step)
+            log.info("%s %s at step %d in %s (%s, %d process(es), %.2fM trainable parameters, %s objective)",
+                     "resuming" if latest else "starting", recipe.name, self.step, self.run_dir, self.device,
+                     self.dist.world_size, sum(p.numel() for p in self.codec.parameters() if p.requires_grad) / 1e6,
+                     self.objective_kind)
+        if resumed_rng is not None:  # last: nothing in setup may draw from the restored streams
+            set_rng_state(resumed_rng)
+        return self
+
+    def _optimizer(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        params = [p for p in module.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+
+    def _build_data(self) -> None:
+        from .data import build_dataloader
+
+        data, sr = self.recipe.data, self.recipe.sample_rate
+        if self.train_loader is None:
+            self.train_loader = build_dataloader(data, "train", sr, self.cfg.seed, self.dist.rank,
+                                                 self.dist.world_size)
+        if self.valid_loader is None and data.valid is not None and self.dist.is_main:
+            self.valid_loader = build_dataloader(data, "valid", sr, self.cfg.seed, shuffle=False, drop_last=False)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # the loop
+    # ------------------------------------------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        start_step, start_time = self.step, time.perf_counter()
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=self.recipe.name,
+                   disable=not (self.progress and self.dist.is_main), file=sys.stderr)
+        self._data = self._start_epoch()
+        while self.step < cfg.steps:
+            micro_batches = [self._next_batch() for _ in range(cfg.grad_accum)]
+            stats = self.train_step(micro_batches)
+            self.step += 1
+            self._record(stats)
+            bar.update(1)
+            last = self.step == cfg.steps
+            if self.step % cfg.log_every == 0 or last:
+                self._flush_log(bar)
+            is_best = False
+            if self.step % cfg.valid_every == 0 or last:
+                is_best = self._validate_and_track()
+            if self.step % cfg.checkpoint_every == 0 or last or is_best:
+                self.save(best=is_best)
+        bar.close()
+        return self._finish(start_step, time.perf_counter() - start_time)
+
+    def train_step(self, micro_batches: list[dict]) -> dict[str, Tensor]:
+        """One optimizer step per turn over ``grad_accum`` micro-batches; returns detached stats."""
+        cfg, k = self.cfg, len(micro_batches)
+        self.objective.begin_step(self.step)
+        stats: dict[str, Tensor] = {}
+        for turn in self.objective.turns(self.step):
+            optimizer, module = self.optimizers[turn], self.modules[turn]
+            optimizer.zero_grad(set_to_none=True)
+            for i, batch in enumerate(micro_batches):
+                # DDP reduces gradients in the backward of the last micro-batch only.
+                sync = module.no_sync() if (i < k - 1 and hasattr(module, "no_sync")) else contextlib.nullcontext()
+                with sync:
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                        enabled=self.amp_dtype is not None):
+                        result = self.objective.step(batch, turn)
+                    self.scaler.scale(result.loss / k).backward()
+                stats[f"loss/{turn}_total"] = stats.get(f"loss/{turn}_total", 0) + result.loss.detach().float() / k
+                for name, value in result.stats.items():
+                    stats[name] = stats.get(name, 0) + value.float() / k
+            self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            stats[f"grad_norm/{turn}"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf).detach()
+            stats[f"lr/{turn}"] = torch.tensor(optimizer.param_groups[0]["lr"])
+            self.scaler.step(optimizer)
+            self.schedulers[turn].step()
+        self.scaler.update()
+        self.objective.reset()
+        if self.ema is not None:
+            self.ema.update(self.codec)
+        if cfg.sync_buffers:
+            broadcast_buffers(self.codec, self.dist)
+            if self.discriminator is not None:
+                broadcast_buffers(self.discriminator, self.dist)
+        return stats
+
+    # -- data ------------------------------------------------------------------------------------------------
+
+    def _start_epoch(self):
+        """An iterator over this epoch's remaining batches (``batches_done`` of them were used before a resume)."""
+        loader, skip = self.train_loader, self.batches_done
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            try:
+                sampler.set_epoch(self.epoch, skip=self.batches_done * loader.batch_size)
+                skip = 0
+            except TypeError:  # a plain DistributedSampler: set the epoch, skip batches by drawing them
+                sampler.set_epoch(self.epoch)
+        # The loader draws its worker base seed from the global RNG: keep that draw out of the training stream.
+        with torch.random.fork_rng(devices=[]):
+            it = iter(loader)
+        for _ in range(skip):
+            next(it, None)
+        return it
+
+    def _next_batch(self) -> dict:
+        for attempt in range(2):
+            batch = next(self._data, None)
+            if all_true(batch is not None, self.dist):  # every rank has one, or every rank moves on together
+                self.batches_done += 1
+                batch = dict(batch)
+                batch["waveform"] = batch["waveform"].to(self.device, non_blocking=True)
+                return batch
+            self.epoch, self.batches_done = self.epoch + 1, 0
+            self._data = self._start_epoch()
+        raise RuntimeError(f"the training data yields no batch in a fresh epoch on some rank: fewer usable items than "
+                           f"batch_size × processes ({self.recipe.data.batch_size} × {self.dist.world_size})?")
+
+    # -- logging ---------------------------------------------------------------------------------------------
+
+    def _record(self, stats: dict[str, Tensor]) -> None:
+        keys = sorted(stats)
+        values = all_reduce_mean(torch.stack([torch.as_tensor(stats[k], device=self.device).float()
+                                              for k in keys]), self.dist)
+        extra = {"epoch": self.epoch, "time": time.time()}
+        self._log_buffer.append((self.step, keys, values, extra))  # host sync deferred to the flush
+
+    def _flush_log(self, bar: Any = None) -> None:
+        if not self.dist.is_main:
+            self._log_buffer.clear()
+            return
+        lines = []
+        for step, keys, values, extra in self._log_buffer:
+            row = {"split": "train", "step": step, **extra, **dict(zip(keys, values.tolist()))}
+            lines.append(row)
+            if self.writer is not None:
+                for k, v in zip(keys, values.tolist()):
+                    self.writer.add_scalar(f"train/{k}", v, step)
+        self._log_buffer.clear()
+        if not lines:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in lines)
+        last = lines[-1]
+        if bar is not None and not bar.disable:
+            bar.set_postfix(loss=f"{last['loss/generator_total']:.4g}", epoch=last["epoch"])
+        else:
+            log.info("step %d/%d  loss %.4g", last["step"], self.cfg.steps, last["loss/generator_total"])
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop lines a crashed session logged after its last checkpoint: the resumed session logs those steps again."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip()
+                and json.loads(line).get("step", 0) <= step]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # validation
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _validate_and_track(self) -> bool:
+        """Validate on rank 0 (the others wait); True when the validation loss is the best so far."""
+        is_best = False
+        if self.dist.is_main and self.valid_loader is not None:
+            results = self.validate()
+            row = {"split": "valid", "step": self.step, "time": time.time(), **results}
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            for k, v in results.items():
+                self.writer.add_scalar(k, v, self.step)
+            log.info("step %d validation: %s", self.step, ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+            is_best = results["valid/loss"] < self.best_valid
+            if is_best:
+                self.best_valid = results["valid/loss"]
+        return not all_true(not is_best, self.dist)  # rank 0 decides; every rank must agree to save together
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Validation losses (EMA weights when kept), mel distance and clips of the reconstruction."""
+        from .data import write_audio
+
+        codec = self.codec
+        was_training = codec.training
+        codec.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        swap = self.ema.swapped(codec) if self.ema is not None else contextlib.nullcontext()
+        try:
+            with torch.random.fork_rng(devices=devices), swap:
+                torch.manual_seed(self.cfg.seed)  # the same noise at every validation: comparable losses
+                results, clips = evaluate(self.objective, codec, self.valid_loader, self.device,
+                                          self.recipe.sample_rate, self.recipe.data.valid_clips,
+                                          self.cfg.valid_batches, self.amp_dtype)
+        finally:
+            codec.train(was_training)
+        folder = self.run_dir / "samples" / ckpt.checkpoint_name(self.step)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (name, reference, reconstruction) in enumerate(clips):
+            for tag, wav in (("reference", reference), ("reconstruction", reconstruction)):
+                write_audio(folder / f"{i:02d}-{name}-{tag}.flac", wav, self.recipe.sample_rate)
+                if self.writer is not None:
+                    self.writer.add_audio(f"valid/{i:02d}-{tag}", wav.reshape(-1), self.step, self.recipe.sample_rate)
+        return results
+
+    # ------------------------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------------------------
+
+    def save(self, best: bool = False) -> Path | None:
+        """Checkpoint on rank 0 (every rank contributes its RNG state)."""
+        self._flush_log()  # the JSONL must hold every step up to the checkpoint
+        rngs = gather_objects(rng_state(), self.dist)
+        path = None
+        if self.dist.is_main and self._last_saved != self.step:
+            weights: dict[str, Any] = {"model": self.codec}
+            if self.ema is not None:
+                weights["ema"] = self.ema.state_dict()
+            if self.discriminator is not None:
+                weights["discriminator"] = self.discriminator
+            state = {"step": self.step, "epoch": self.epoch, "batches_done": self.batches_done,
+                     "best_valid": self.best_valid, "world_size": self.dist.world_size, "rng": rngs,
+                     "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                     "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                     "scaler": self.scaler.state_dict()}
+            meta = {"epoch": self.epoch, "config_hash": self.recipe.config_hash(), "name": self.recipe.name,
+                    "objective": self.objective_kind, "recipe": self.recipe.model_dump(mode="json"),
+                    "plugins": plugin_versions(self.recipe, self.registry), "torch": torch.__version__,
+                    "valid_loss": None if math.isinf(self.best_valid) else self.best_valid,
+                    "world_size": self.dist.world_size, "streams": [s.__dict__ for s in self.codec.streams()]}
+            path = ckpt.save_checkpoint(self.run_dir, self.step, weights, meta, state)
+            self._last_saved = self.step
+            if best:
+                ckpt.mark_best(self.run_dir, path, self.best_valid)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        barrier(self.dist)
+        return path
+
+    def _load_weights(self, checkpoint: Path) -> None:
+        ckpt.load_weights(self.codec, checkpoint / "model.safetensors")
+        if self.discriminator is not None and (checkpoint / "discriminator.safetensors").is_file():
+            ckpt.load_weights(self.discriminator, checkpoint / "discriminator.safetensors")
+
+    def _load_state(self, checkpoint: Path) -> dict[str, Any] | None:
+        state = ckpt.load_state(checkpoint)
+        meta = ckpt.read_meta(checkpoint)
+        if meta.get("config_hash") != self.recipe.config_hash():
+            log.warning("%s was written by a recipe with another config hash (%s, now %s); resuming anyway",
+                        checkpoint, meta.get("config_hash"), self.recipe.config_hash())
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sched in self.schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batches_done = state["step"], state["epoch"], state["batches_done"]
+        self.best_valid = state["best_valid"]
+        self._last_saved = self.step
+        if state["world_size"] != self.dist.world_size:
+            log.warning("%s was written by %d process(es), now %d: the data order and RNG streams start afresh",
+                        checkpoint, state["world_size"], self.dist.world_size)
+            self.batches_done = 0
+            seed_everything(self.cfg.seed + self.dist.rank + 7919 * self.step)
+            return None
+        return state["rng"][self.dist.rank]
+
+    def _write_recipe(self) -> None:
+        path = self.run_dir / "recipe.yaml"
+        text = yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False)
+        if path.is_file() and path.read_text() != text:
+            log.warning("%s holds another recipe than this run's; it is replaced (checkpoints keep theirs)", path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # end of run
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _finish(self, start_step: int, seconds: float) -> dict[str, Any]:
+        steps = self.step - start_step
+        per_step = self.recipe.data.batch_size * self.cfg.grad_accum * self.dist.world_size
+        summary: dict[str, Any] = {
+            "name": self.recipe.name, "run_dir": str(self.run_dir), "step": self.step, "steps_this_session": steps,
+            "seconds": round(seconds, 2), "steps_per_second": steps / seconds if seconds > 0 else None,
+            "samples_per_second": steps * per_step / seconds if seconds > 0 else None,
+            "best_valid_loss": None if math.isinf(self.best_valid) else self.best_valid,
+            "last_checkpoint": str(ckpt.latest_checkpoint(self.run_dir)), "world_size": self.dist.world_size,
+        }
+        for split, loader in (("train_data", self.train_loader), ("valid_data", self.valid_loader)):
+            dataset = getattr(loader, "dataset", None)
+            if hasattr(dataset, "summary"):
+                summary[split] = dataset.summary()
+        if self.dist.is_main:
+            ckpt.write_json_atomic(self.run_dir / "summary.json", summary)
+            if self.writer is not None:
+                self.writer.close()
+        return summary
+
+    def close(self) -> None:
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The run summary as a few human-readable lines."""
+    lines = [f"run {summary['name']}: step {summary['step']} ({summary['steps_this_session']} this session) in "
+             f"{summary['seconds']:.1f} s"]
+    if summary.get("steps_per_second"):
+        lines.append(f"  {summary['steps_per_second']:.2f} steps/s, {summary['samples_per_second']:.1f} samples/s, "
+                     f"{summary['world_size']} process(es)")
+    if summary.get("best_valid_loss") is not None:
+        lines.append(f"  best validation loss {summary['best_valid_loss']:.4g}")
+    for split in ("train_data", "valid_data"):
+        data = summary.get(split)
+        if data:
+            skipped = data.get("skipped") or {}
+            total = sum(skipped.values())
+            detail = ", ".join(f"{n} {r}" for r, n in skipped.items())
+            lines.append(f"  {split.split('_')[0]} data: {data['files']} files ({data['hours']:.2f} h), skipped "
+                         f"{total}{f' ({detail})' if detail else ''}")
+            for reason, paths in (data.get("skipped_paths") or {}).items():
+                lines.extend(f"    skipped ({reason}): {p}" for p in paths[:10])
+    lines.append(f"  checkpoint {summary['last_checkpoint']}; run directory {summary['run_dir']}")
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""Frozen self-supervised speech teacher (HuBERT, WavLM, mHuBERT-147, ...) + X-Codec's semantic conv encoder.
+
+X-Codec (Ye et al., "Codec Does Matter", arXiv 2408.17175) feeds the waveform, padded by half a hop on both sides,
+to a frozen HuBERT/WavLM and averages all of its hidden states (embedding output + every layer) into a 768-d, 50 Hz
+target. A trainable conv stack (:class:`SemanticEncoder`) turns that target into the semantic half of the latent that
+the acoustic quantizer fuses and quantizes; the decoder's reconstruction head regresses the same target.
+
+The front-end emits no tokens of its own: ``SemanticOutput.features`` is the encoded semantic latent
+``Tensor[B x C x T]`` and ``extras["teacher_features"]`` the regression target ``Tensor[B x H x T]``.
+
+The teacher loads through transformers (``AutoModel``/``HubertModel``/``WavLMModel``/``Wav2Vec2Model``) from a hub id
+or a local directory, or is built from a config dict alone (``teacher_config``) when its weights come from a codecfw
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from codecfw import hookimpl
+from codecfw.core.config import PluginConfig, StrictModel
+from codecfw.core.types import SemanticFrontend, SemanticOutput
+
+from .semantic_conv import SemanticEncoder
+
+_MODEL_CLASSES = {"auto": "AutoModel", "hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
+
+
+class TeacherNotFoundError(FileNotFoundError):
+    """The SSL teacher is neither in the Hugging Face cache nor at the given local path."""
+
+
+class SemanticEncoderConfig(StrictModel):
+    """X-Codec's semantic conv encoder (defaults: the reference's 2 blocks of 2 ELU residual units at stride 1)."""
+
+    channels: int | None = Field(None, gt=0, description="encoder width; default: the teacher's hidden size")
+    channel_ratios: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=1)
+    strides: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
+    kernel_size: int = Field(3, gt=0)
+    block_dilations: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
+    unit_kernel_size: int = Field(3, gt=0)
+
+
+class SSLTeacherConfig(PluginConfig):
+    """A frozen transformers SSL model as the semantic teacher, plus X-Codec's semantic conv encoder."""
+
+    kind: Literal["ssl_teacher"] = "ssl_teacher"
+    model: str = Field("facebook/hubert-base-ls960",
+                       description="hub id (facebook/hubert-base-ls960, microsoft/wavlm-base-plus, "
+                                   "utter-project/mHuBERT-147, ZhenYe234/hubert_base_general_audio) or local directory")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    model_class: Literal["auto", "hubert", "wavlm", "wav2vec2"] = Field(
+        "auto", description="transformers class: AutoModel, HubertModel, WavLMModel or Wav2Vec2Model")
+    teacher_config: dict[str, Any] | None = Field(
+        None, description="build the teacher from this transformers config dict (needs 'model_type') instead of "
+                          "loading `model`; its weights must then come from a codecfw checkpoint")
+    local_files_only: bool | None = Field(None, description="never touch the network; default: HF_HUB_OFFLINE")
+    layers: Literal["mean"] | int | list[int] = Field(
+        "mean", description="'mean': uniform average of all hidden states incl. the embedding output (X-Codec); "
+                            "an int: that hidden state (0 = embedding output); a list: the average of those")
+    padding: int | None = Field(None, ge=0, description="zero samples added on both sides before the teacher; "
+                                                       "default: half the teacher's hop (160 at 16 kHz)")
+    normalize: bool = Field(False, description="per-utterance zero mean / unit variance before the teacher "
+                                               "(Wav2Vec2FeatureExtractor do_normalize; mHuBERT-147 expects it, "
+                                               "X-Codec's HuBERT/WavLM teachers get the raw waveform)")
+    teacher_train_mode: bool = Field(
+        False, description="leave the teacher in train mode while training (dropout, layerdrop, SpecAugment masks "
+                           "on the target), as X-Codec's loop does by accident; default: always eval")
+    teacher_sample_rate: int = Field(16000, gt=0, description="the rate the teacher was trained at")
+    hop_length: int | None = Field(None, gt=0, description="teacher samples per frame; default: product of "
+                                                           "the teacher config's conv_stride")
+    encoder: SemanticEncoderConfig = Field(default_factory=SemanticEncoderConfig)
+
+
+def _hub_cache_dir(model: str) -> str:
+    from huggingface_hub import constants
+
+    return os.path.join(constants.HF_HUB_CACHE, "models--" + model.replace("/", "--"))
+
+
+def _model_class(name: str):
+    import transformers
+
+    return getattr(transformers, _MODEL_CLASSES[name])
+
+
+def load_teacher(cfg: SSLTeacherConfig) -> nn.Module:
+    """The transformers model named by ``cfg`` (see :class:`SSLTeacherConfig`), frozen, in eval mode."""
+    import transformers
+
+    cls = _model_class(cfg.model_class)
+    if cfg.teacher_config is not None:
+        config_dict = dict(cfg.teacher_config)
+        model_type = config_dict.pop("model_type", None)
+        if model_type is None:
+            raise ValueError("semantic.teacher_config: needs a 'model_type' key (e.g. 'hubert', 'wavlm')")
+        config = transformers.AutoConfig.for_model(model_type, **config_dict)
+        model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
+    else:
+        local = Path(cfg.model).expanduser()
+        looks_local = local.exists() or cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
+        if looks_local and not (local / "config.json").is_file():
+            raise TeacherNotFoundError(
+                f"semantic.model: SSL teacher directory {str(local)!r} has no config.json; it must hold a "
+                f"transformers checkpoint (config.json + model.safetensors, as written by save_pretrained)")
+        offline = cfg.local_files_only
+        if offline is None:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+        try:
+            model = cls.from_pretrained(str(local) if looks_local else cfg.model, revision=cfg.revision,
+                                        local_files_only=offline)
+        except (OSError, ValueError) as exc:
+            raise TeacherNotFoundError(
+                f"semantic.model: cannot load the SSL teacher {cfg.model!r}"
+                f"{' (offline)' if offline else ''}: {type(exc).__name__}: {str(exc).splitlines()[0]}\n"
+                f"  Put it in the Hugging Face cache at {_hub_cache_dir(cfg.model)} (e.g. run "
+                f"`huggingface-cli download {cfg.model}` where there is network and copy that folder, or set HF_HOME), "
+                f"or save it with save_pretrained() to a local directory (config.json + model.safetensors) and set "
+                f"semantic.model to that path.") from exc
+    model.requires_grad_(False)
+    return model.eval()
+
+
+class SSLTeacherFrontend(SemanticFrontend):
+    """Frozen SSL teacher → layer selection → :class:`SemanticEncoder`.
+
+    waveform : Tensor[B x 1 x N] → ``SemanticOutput(features=Tensor[B x C x T], extras={"teacher_features":
+    Tensor[B x H x T]})`` with ``T = ceil(N / hop)``: the waveform is right-padded to a whole number of hops, then
+    padded by ``padding`` on both sides, so that the teacher's frames line up with a conv encoder of the same hop.
+    """
+
+    def __init__(self, cfg: SSLTeacherConfig, sample_rate: int) -> None:
+        super().__init__()
+        if sample_rate != cfg.teacher_sample_rate:
+            raise ValueError(f"semantic: the codec runs at {sample_rate} Hz but the teacher {cfg.model!r} expects "
+                             f"{cfg.teacher_sample_rate} Hz (set sample_rate or semantic.teacher_sample_rate)")
+        self.cfg = cfg
+        self.teacher = load_teacher(cfg)
+        tcfg = self.teacher.config
+        self.teacher_dim = int(tcfg.hidden_size)
+        stride = cfg.hop_length or (math.prod(tcfg.conv_stride) if hasattr(tcfg, "conv_stride") else None)
+        if stride is None:
+            raise ValueError(f"semantic.hop_length: the teacher {cfg.model!r} has no conv_stride; set hop_length")
+        self.teacher_hop = int(stride)
+        self.padding = cfg.padding if cfg.padding is not None else self.teacher_hop // 2
+        self.num_hidden_states = int(tcfg.num_hidden_layers) + 1
+        self.layer_indices = self._resolve_layers(cfg.layers)
+        enc = cfg.encoder
+        self.encoder = SemanticEncoder(self.teacher_dim, enc.channels or self.teacher_dim, enc.channel_ratios,
+                                       enc.strides, enc.kernel_size, enc.block_dilations, enc.unit_kernel_size)
+        self.feature_dim = self.encoder.out_channels
+        self.quantized_dim = 0
+        self.hop_length = self.teacher_hop * math.prod(enc.strides)
+        self.frame_rate = sample_rate / self.hop_length
+
+    def _resolve_layers(self, layers: str | int | list[int]) -> list[int]:
+        n = self.num_hidden_states
+        chosen = list(range(n)) if layers == "mean" else [layers] if isinstance(layers, int) else list(layers)
+        if not chosen:
+            raise ValueError("semantic.layers: an empty list selects no hidden state")
+        bad = [i for i in chosen if not -n <= i < n]
+        if bad:
+            raise ValueError(f"semantic.layers: {bad} out of range; the teacher has {n} hidden states "
+                             f"(0 = embedding output .. {n - 1} = last layer)")
+        return [i % n for i in chosen]
+
+    def train(self, mode: bool = True) -> SSLTeacherFrontend:
+        super().train(mode)
+        # nn.Module.train recurses into the teacher; keep it deterministic unless the quirk is asked for
+        self.teacher.train(mode and self.cfg.teacher_train_mode)
+        return self
+
+    @torch.no_grad()
+    def teacher_features(self, waveform: Tensor) -> Tensor:
+        """waveform : Tensor[B x 1 x N] → the selected/averaged hidden states, Tensor[B x H x ceil(N / hop)]."""
+        if waveform.dim() != 3 or waveform.shape[1] != 1:
+            raise ValueError(f"semantic: expected a mono waveform Tensor[B x 1 x N], got shape {tuple(waveform.shape)}")
+        x = waveform[:, 0].float()
+        frames = math.ceil(x.shape[-1] / self.teacher_hop)
+        if self.cfg.normalize:
+            x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-7)
+        x = F.pad(x, (self.padding, frames * self.teacher_hop - x.shape[-1] + self.padding))
+        hidden = self.teacher(x, output_hidden_states=True).hidden_states
+        if len(self.layer_indices) == len(hidden):
+            feats = torch.stack(hidden, 1).mean(1)
+        elif len(self.layer_indices) == 1:
+            feats = hidden[self.layer_indices[0]]
+        else:
+            feats = torch.stack([hidden[i] for i in self.layer_indices], 1).mean(1)
+        feats = feats.transpose(1, 2)
+        if feats.shape[-1] < frames:  # a teacher with a wider receptive field: repeat its last frame
+            feats = F.pad(feats, (0, frames - feats.shape[-1]), mode="replicate")
+        return feats[..., :frames]
+
+    def forward(self, waveform: Tensor) -> SemanticOutput:
+        target = self.teacher_features(waveform)
+        return SemanticOutput(features=self.encoder(target), extras={"teacher_features": target})
+
+    def extract_features(self, waveform: Tensor) -> Tensor:
+        return self.teacher_features(waveform)
+
+
+def convert_official_xcodec(spec, files):
+    """The converter that ``codecfw.core.pretrained`` names for the ``xcodec-*`` checkpoints (see
+    :mod:`codecfw.plugins.semantic.xcodec_checkpoint`)."""
+    from .xcodec_checkpoint import convert_official
+
+    return convert_official(spec, files)
+
+
+@hookimpl
+def register_semantic_frontends(register):
+    register("ssl_teacher", SSLTeacherConfig, lambda cfg, ctx: SSLTeacherFrontend(cfg, ctx.sample_rate),
+             emits_tokens=False, pretrained_teacher=True)
