@@ -184,10 +184,10 @@ class AudioSource:
                     data = fh.read(self.block_frames, dtype="float32", always_2d=True)
                     if data.shape[0] == 0:
                         break
-                    frames = torch.from_numpy(np.ascontiguousarray(data.T))
-                    if not torch.isfinite(frames).all():
-                        bad = int((~torch.isfinite(frames)).any(0).nonzero()[0, 0])
+                    if not np.isfinite(data).all():
+                        bad = int(np.flatnonzero(~np.isfinite(data).all(1))[0])
                         raise AudioError(self.path, f"non-finite sample (NaN or inf) at frame {seen + bad}")
+                    frames = torch.from_numpy(np.ascontiguousarray(data.T))
                     seen += frames.shape[1]
                     out = resampler.push(to_mono(frames, self.mixdown, self.path))
                     if out.numel():

@@ -131,12 +131,21 @@ def fetch_files(spec: PretrainedSpec, cache_dir: str | os.PathLike | None = None
     found: dict[str, Path] = {}
     missing: list[str] = []
     errors: list[str] = []
+    # Cached files first (no network); then download the rest, and after the first failure stop trying the network
+    # (an unreachable hub costs ~25 s of retries per file).
+    online = True
     for name in spec.files:
-        try:
-            found[name] = Path(hf_hub_download(spec.repo_id, name, revision=spec.revision, cache_dir=cache_dir))
-        except Exception as exc:  # offline, unreachable, gated, missing file: all end in the same advice
+        for local_only in ((True, False) if online else (True,)):
+            try:
+                found[name] = Path(hf_hub_download(spec.repo_id, name, revision=spec.revision, cache_dir=cache_dir,
+                                                   local_files_only=local_only))
+                break
+            except Exception as exc:  # offline, unreachable, gated, missing file: all end in the same advice
+                if not local_only:
+                    online = False
+                    errors.append(f"{name}: {type(exc).__name__}: {_first_line(exc)}")
+        if name not in found:
             missing.append(name)
-            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
     if missing:
         folder = hub_cache_folder(spec.repo_id, cache_dir)
         raise PretrainedUnavailable(
@@ -144,9 +153,14 @@ def fetch_files(spec: PretrainedSpec, cache_dir: str | os.PathLike | None = None
             f"cached.\n  cache folder: {folder}\n  files expected there: {', '.join(missing)}\n"
             f"  alternatively put all of {', '.join(spec.files)} (same relative paths) under {local}\n"
             f"  fix: go online and retry, or on a connected machine run "
-            f"`huggingface-cli download {spec.repo_id} {' '.join(missing)}` and copy {folder}\n"
-            f"  errors: {'; '.join(errors[:3])}")
+            f"`hf download {spec.repo_id} {' '.join(missing)}` and copy {folder}"
+            + (f"\n  hub error: {errors[0]}" if errors else ""))
     return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def converted_folder(spec: PretrainedSpec) -> Path:

@@ -14,6 +14,10 @@ from typing import Any, Sequence
 _MAGIC = set("*?[")
 
 
+class UsageError(Exception):
+    """A command-line problem that stops the command before any file is processed (exit status 2)."""
+
+
 @dataclass
 class Job:
     """One input file and where its result goes."""
@@ -116,7 +120,7 @@ def add_codec_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint folder, run directory, or registered pretrained name (see `codecfw plugins`)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N",
-                   help="windows (long files) or equal-length files decoded per forward pass (default 8)")
+                   help="windows (long files) or equal-length short files per forward pass (default 8)")
     p.add_argument("--chunk-seconds", type=float, default=None, metavar="S",
                    help="override the codec's chunk window for long recordings")
     p.add_argument("--no-chunk", action="store_true", help="process every recording whole (memory grows with "
@@ -126,7 +130,7 @@ def add_codec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def open_tokenizer(args: argparse.Namespace) -> Any:
-    """Load the codec named by ``--checkpoint``; raises ``SystemExit(2)`` with a message on failure."""
+    """Load the codec named by ``--checkpoint``; raises :class:`UsageError` with a message on failure."""
     import torch
 
     from ..api import load
@@ -135,21 +139,21 @@ def open_tokenizer(args: argparse.Namespace) -> Any:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise SystemExit(_exit(f"--device {device!r}: {exc}"))
+        raise UsageError(f"--device {device!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(_exit(f"--device {device!r}: CUDA is not available on this machine"))
+        raise UsageError(f"--device {device!r}: CUDA is not available on this machine")
     if args.batch_size < 1:
-        raise SystemExit(_exit(f"--batch-size must be >= 1, got {args.batch_size}"))
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.chunk_seconds is not None and args.chunk_seconds <= 0:
-        raise SystemExit(_exit(f"--chunk-seconds must be > 0, got {args.chunk_seconds}"))
+        raise UsageError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
     try:
         return load(args.checkpoint, device=dev, chunk_seconds=args.chunk_seconds)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as exc:
-        raise SystemExit(_exit(f"--checkpoint {args.checkpoint}: {exc}"))
+        raise UsageError(f"--checkpoint {args.checkpoint}: {str(exc).strip()}") from None
 
 
-def _exit(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+def usage_error(exc: UsageError) -> int:
+    print(f"error: {exc}", file=sys.stderr)
     return 2
 
 

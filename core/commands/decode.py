@@ -7,8 +7,8 @@ to the output file; every output is written atomically.
 
 from __future__ import annotations
 
-from ._io import (Report, add_codec_arguments, assign_targets, describe, exists_skip, expand_inputs, open_tokenizer,
-                  progress_bar)
+from ._io import (Report, UsageError, add_codec_arguments, assign_targets, describe, exists_skip, expand_inputs,
+                  open_tokenizer, progress_bar, usage_error)
 
 
 def run(args) -> int:
@@ -20,9 +20,11 @@ def run(args) -> int:
     jobs = assign_targets(expand_inputs(args.inputs, (SUFFIX,), report), args.output, suffix, (".flac", ".wav"),
                           report)
     if args.sample_rate is not None and args.sample_rate <= 0:
-        print(f"error: --sample-rate must be > 0, got {args.sample_rate}")
-        return 2
-    tok = open_tokenizer(args)
+        return usage_error(UsageError(f"--sample-rate must be > 0, got {args.sample_rate}"))
+    try:
+        tok = open_tokenizer(args)
+    except UsageError as exc:
+        return usage_error(exc)
     todo = []
     for job in jobs:
         if exists_skip(job, args, report):
@@ -89,7 +91,7 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("decode", help="decode token files into FLAC/WAV audio",
-                       description=__doc__.split("\n\n")[0].strip("`"))
+                       description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("inputs", nargs="+", metavar="TOKENS", help="token files (.cfwt), folders (recursive) or globs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (relative paths mirrored), or a .flac/.wav file for a single input")

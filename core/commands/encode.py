@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from ._io import (Report, add_codec_arguments, assign_targets, describe, exists_skip, expand_inputs, open_tokenizer,
-                  progress_bar)
+from ._io import (Report, UsageError, add_codec_arguments, assign_targets, describe, exists_skip, expand_inputs,
+                  open_tokenizer, progress_bar, usage_error)
 
 
 def run(args) -> int:
@@ -23,7 +23,10 @@ def run(args) -> int:
         return 2
     report = Report("encoded")
     jobs = assign_targets(expand_inputs(args.inputs, AUDIO_SUFFIXES, report), args.output, SUFFIX, (SUFFIX,), report)
-    tok = open_tokenizer(args)
+    try:
+        tok = open_tokenizer(args)
+    except UsageError as exc:
+        return usage_error(exc)
     window = tok.policy.window if not args.no_chunk else float("inf")
     resample = not args.no_resample
     # Probe every file first: unreadable/empty/wrong-rate files fail before any compute, and the bar knows the total.
@@ -100,7 +103,7 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("encode", help="encode audio files, folders or globs into token files",
-                       description=__doc__.split("\n\n")[0].strip("`"))
+                       description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files, folders (recursive) or globs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (relative paths mirrored), or a .cfwt file for a single input")

@@ -43,7 +43,7 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export token files to .npy or .pt for language-model pipelines",
-                       description=__doc__.split("\n\n")[0].strip("`"))
+                       description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("inputs", nargs="+", metavar="TOKENS", help="token files (.cfwt), folders (recursive) or globs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder (relative paths mirrored), or a .npy/.pt file for a single input")

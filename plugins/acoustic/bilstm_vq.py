@@ -41,6 +41,7 @@ class BiLSTMEMAVQConfig(PluginConfig):
     rotation_trick: bool = Field(False, description="rotation-trick gradients instead of the straight-through "
                                                     "estimator the original training used")
     mark_padding: bool = Field(True, description="-1 rows after the semantic front-end's padding cutoff")
+    max_batch_windows: int = Field(16, gt=0, description="10.24 s windows per LSTM call (memory bound)")
     mask_padding_in_training: bool = Field(True, description="exclude padding rows from the EMA update and the "
                                                              "commitment loss (the reference ships no training code)")
 
@@ -77,8 +78,8 @@ class BiLSTMEMAVQ(AcousticQuantizer):
 
     def encode_rows(self, rows: Tensor) -> Tensor:
         """rows : Tensor[W x T_s x 2F] (one window per item) → VQ input Tensor[W x T_s x F]."""
-        hidden, _ = self.encoder(rows)
-        return self.encoder_output_linear(hidden)
+        return torch.cat([self.encoder_output_linear(self.encoder(chunk)[0])
+                          for chunk in rows.split(self.cfg.max_batch_windows)])
 
     def forward(self, waveform: Tensor, semantic: SemanticOutput) -> AcousticOutput:
         """``semantic.features``/``quantized`` : Tensor[B x F x T] → AcousticOutput with ``quantized``

@@ -8,6 +8,10 @@ index ``t*8 + f``. Tokens follow that patch order, time-major: at K=1 eight toke
 K=2 joins frequency neighbours (four tokens per 0.16 s); K=4 joins 2×2 time-frequency blocks with channel order
 (t0f0, t0f1, t1f0, t1f1) (four tokens per 0.32 s). A stream therefore carries 50/K tokens per second on average.
 
+Windows. Every 10.24 s window is encoded on its own (its own mean removal and fbank), so chunked encoding of a
+long file equals whole-file encoding; the reference computes one fbank over the whole padded file, which differs
+only in the last two frames of each window but the last (``reference_compat=True`` does that).
+
 Token count. codecfw keeps every token group that covers part of the input: ``T = ceil(N / S) * n`` with
 ``S = 2560`` samples (K=1, 2) or 5120 (K=4) and ``n = 8/K`` (K=1, 2) or 4 (K=4), and pads to ``ceil(N / 163840)``
 windows. ``reference_compat=True`` reproduces the reference's float arithmetic instead (``ceil`` of a float
@@ -360,8 +364,24 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
             raise ValueError("cannot encode an empty waveform")
         segments = self.layout.num_segments(n, self.cfg.reference_compat)
         x = F.pad(x, (0, segments * SEGMENT_SAMPLES - n))
-        fbank = torch.stack([kaldi_fbank(item, segments * SEGMENT_FRAMES) for item in x])
+        if self.cfg.reference_compat:  # one fbank over the whole padded signal, as the reference
+            fbank = torch.stack([kaldi_fbank(item, segments * SEGMENT_FRAMES) for item in x])
+        else:  # each window on its own: chunked encoding then equals whole-file encoding
+            fbank = torch.stack([kaldi_fbank(item, SEGMENT_FRAMES) for item in x.reshape(-1, SEGMENT_SAMPLES)])
+            fbank = fbank.reshape(x.shape[0], segments * SEGMENT_FRAMES, MEL_BINS)
         return fbank, self.layout.num_tokens(n, self.cfg.reference_compat)
+
+    def chunk_policy(self):
+        """Encoding windows of 10.24 s on the token grid (see ``codecfw.core.chunking``)."""
+        from codecfw.core.chunking import ChunkPolicy
+
+        sr = self.input_sample_rate
+        window, align = SEGMENT_SAMPLES * sr // SAMPLE_RATE, self.layout.samples_per_column * sr // SAMPLE_RATE
+        if self.cfg.reference_compat:
+            return ChunkPolicy(window=window, align=align, exact=False,
+                               note="reference_compat: one fbank over the whole file (its mean and the last two "
+                                    "frames of each 10.24 s window depend on the neighbouring window)")
+        return ChunkPolicy(window=window, align=align, exact=True)
 
     def valid_rows(self, fbank: Tensor) -> Tensor:
         """Per-window token rows before the trailing-silence cutoff.
