@@ -66,18 +66,25 @@ def run_codecfw(store, k: int, args, algorithm: str) -> dict:
     t = time.perf_counter()
     result = KMeans(cfg).fit(store, progress=False)
     return {"centroids": result.centroids.numpy(), "seconds": time.perf_counter() - t,
-            "work": f"{result.iterations} {'passes' if algorithm == 'lloyd' else 'epochs'}"}
+            "init_seconds": result.init_seconds, "passes": result.iterations,
+            "work": f"{result.iterations} {'passes' if algorithm == 'lloyd' else 'epochs'}, "
+                    f"init {result.init_seconds:.1f} s"}
 
 
 def run_sklearn(x: np.ndarray, k: int, args) -> dict:
     from sklearn.cluster import MiniBatchKMeans
     from threadpoolctl import threadpool_limits
 
+    # Its defaults (batch 1024, early stopping after 10 batches without improvement), or --sk-equal-work: the same
+    # batch size and epochs as codecfw minibatch, no early stopping.
+    kw = (dict(batch_size=args.mb_batch, max_iter=args.mb_epochs, max_no_improvement=None, tol=0.0)
+          if args.sk_equal_work else {})
     with threadpool_limits(args.threads):
         t = time.perf_counter()
-        km = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=1, compute_labels=False).fit(x)
+        km = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=1, compute_labels=False, **kw).fit(x)
         seconds = time.perf_counter() - t
-    return {"centroids": km.cluster_centers_, "seconds": seconds, "work": f"{km.n_steps_} steps ({km.n_iter_} ep.)"}
+    return {"centroids": km.cluster_centers_, "seconds": seconds,
+            "work": f"{km.n_steps_} steps of {km._batch_size}, {km.n_iter_} epochs"}
 
 
 def run_faiss(x: np.ndarray, k: int, args) -> dict | None:
@@ -90,7 +97,8 @@ def run_faiss(x: np.ndarray, k: int, args) -> dict | None:
                       max_points_per_centroid=len(x) // k + 1, gpu=args.device.startswith("cuda"))
     t = time.perf_counter()
     km.train(x)
-    return {"centroids": km.centroids, "seconds": time.perf_counter() - t, "work": f"{args.iters} passes"}
+    return {"centroids": km.centroids, "seconds": time.perf_counter() - t, "passes": args.iters,
+            "init_seconds": 0.0, "work": f"{args.iters} passes"}
 
 
 def run_reference(x: np.ndarray, k: int, args) -> dict | None:
@@ -107,8 +115,8 @@ def run_reference(x: np.ndarray, k: int, args) -> dict | None:
     _, centres = module.kmeans(xt, k, distance="euclidean_mem_efficient", tol=float("inf"), trunk_size=len(x),
                                device=torch.device(args.device))
     one = time.perf_counter() - t
-    return {"centroids": centres.numpy(), "seconds": one * args.iters, "work": f"1 pass x {args.iters} (projected)",
-            "note": "inertia after ONE pass"}
+    return {"centroids": centres.numpy(), "seconds": one * args.iters, "passes": args.iters, "init_seconds": 0.0,
+            "work": f"1 pass x {args.iters} (projected)", "note": "inertia after ONE pass"}
 
 
 def main() -> None:
@@ -124,6 +132,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reference", help="folder holding haoheliu/kmeans_pytorch's kmeans_pytorch/__init__.py")
+    p.add_argument("--sk-equal-work", action="store_true",
+                   help="run MiniBatchKMeans with codecfw minibatch's batch size and epochs, no early stopping")
     p.add_argument("--skip", default="", help="comma-separated: sklearn,faiss,minibatch")
     p.add_argument("--json", help="also write the figures here")
     args = p.parse_args()
@@ -178,6 +188,13 @@ def main() -> None:
         if name != "codecfw lloyd":
             print(f"  vs {name:26s} time {base['seconds'] / r['seconds']:6.3f}   "
                   f"inertia {base['inertia_per_row'] / r['inertia_per_row']:6.4f}")
+    lloyd = {n: (r["seconds"] - r["init_seconds"]) / r["passes"] for n, r in results.items() if r.get("passes")
+             and "minibatch" not in n}
+    if len(lloyd) > 1:
+        print("  seconds per full pass (init excluded): " + ", ".join(f"{n} {v:.2f}" for n, v in lloyd.items()))
+        for n, v in lloyd.items():
+            if n != "codecfw lloyd":
+                print(f"  per-pass time codecfw lloyd / {n}: {lloyd['codecfw lloyd'] / v:.3f}")
     if "codecfw minibatch" in results and "sklearn MiniBatchKMeans" in results:
         mb, sk = results["codecfw minibatch"], results["sklearn MiniBatchKMeans"]
         print(f"  codecfw minibatch vs sklearn MiniBatchKMeans: time {mb['seconds'] / sk['seconds']:6.3f}   "

@@ -59,7 +59,11 @@ class ChunkPolicy:
     overlap : int
         Samples by which consecutive *decoding* windows overlap and are cross-faded (linear ramps).
     align : int
-        Window boundaries must also be multiples of this (in addition to whole token frames).
+        Every boundary (window, context, overlap) must be a multiple of this, in addition to whole token frames of
+        every stream (e.g. SemantiCodec's 0.16 s patch columns, 2560 samples).
+    window_align : int
+        The window must also be a multiple of this (e.g. SemantiCodec's 10.24 s encoder segments, 163840 samples),
+        so that encoding windows fall on the codec's own segment boundaries.
     exact : bool
         Whether chunked processing reproduces whole-file tokens (encoding) and waveforms up to float rounding
         (decoding). ``note`` says why not when ``False``.
@@ -72,6 +76,7 @@ class ChunkPolicy:
     context: int = 0
     overlap: int = 0
     align: int = 1
+    window_align: int = 1
     exact: bool = True
     chunkable: bool = True
     note: str = ""
@@ -79,8 +84,9 @@ class ChunkPolicy:
     def __post_init__(self) -> None:
         if self.window is not None and self.window <= 0:
             raise ValueError(f"chunk policy: window must be > 0 samples, got {self.window}")
-        if self.context < 0 or self.overlap < 0 or self.align < 1:
-            raise ValueError(f"chunk policy: context and overlap must be >= 0 and align >= 1, got {self}")
+        if self.context < 0 or self.overlap < 0 or self.align < 1 or self.window_align < 1:
+            raise ValueError(f"chunk policy: context and overlap must be >= 0, align and window_align >= 1; "
+                             f"got {self}")
 
     @property
     def hop(self) -> int:
@@ -114,21 +120,22 @@ def _declared(obj: Any) -> ChunkPolicy | None:
 
 def resolve_chunk_policy(codec: Any, window_seconds: float | None = None) -> ChunkPolicy:
     """The policy of a composed codec: its own ``chunk_policy()`` if it has one, else the slots' combined (smallest
-    window, largest context and overlap, all ``align`` and frame constraints, ``exact`` only if every slot is), else
-    a default (30 s windows with 1 s context, not guaranteed exact). ``window_seconds`` overrides the window (rounded
-    down to the alignment unit; at least one unit)."""
+    window, largest context and overlap, every ``align``/``window_align`` and frame constraint, ``exact`` only if
+    every slot is), else a default (30 s windows with 1 s of context, not guaranteed exact). ``window_seconds``
+    overrides the window (rounded down to the window's alignment; at least one unit)."""
     sample_rate, streams = int(codec.sample_rate), codec.streams()
     unit = frame_unit(streams, sample_rate)
     own = _declared(codec)
     declared = [own] if own is not None else [p for p in (_declared(getattr(codec, slot, None))
                                                            for slot in ("semantic", "acoustic", "decoder")) if p]
     if declared:
-        windows = [p.window for p in declared if p.window is not None]
+        windows_ = [p.window for p in declared if p.window is not None]
         policy = ChunkPolicy(
-            window=min(windows) if windows else None,
+            window=min(windows_) if windows_ else None,
             context=max(p.context for p in declared),
             overlap=max(p.overlap for p in declared),
             align=math.lcm(*(p.align for p in declared)),
+            window_align=math.lcm(*(p.window_align for p in declared)),
             exact=all(p.exact for p in declared),
             chunkable=all(p.chunkable for p in declared),
             note="; ".join(p.note for p in declared if p.note))
@@ -137,15 +144,17 @@ def resolve_chunk_policy(codec: Any, window_seconds: float | None = None) -> Chu
                                                f"of context is assumed to cover its receptive field")
         policy = replace(policy, context=_round_up(int(DEFAULT_CONTEXT_SECONDS * sample_rate), unit))
     unit = math.lcm(unit, policy.align)
-    if window_seconds is not None:
-        policy = replace(policy, window=max(unit, int(window_seconds * sample_rate) // unit * unit))
-    elif policy.window is None:
-        policy = replace(policy, window=max(unit, int(DEFAULT_WINDOW_SECONDS * sample_rate) // unit * unit))
-    for name in ("window", "context", "overlap"):
-        value = getattr(policy, name)
-        if value % unit:
+    window_unit = math.lcm(unit, policy.window_align)
+    if window_seconds is not None or policy.window is None:
+        seconds = DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds
+        policy = replace(policy, window=max(window_unit, int(seconds * sample_rate) // window_unit * window_unit))
+    checks = (("window", policy.window, window_unit), ("context", policy.context, unit),
+              ("overlap", policy.overlap, unit))
+    for name, value, multiple in checks:
+        if value % multiple:
             raise ValueError(f"chunk policy of {type(codec).__name__}: {name}={value} samples is not a multiple of "
-                             f"{unit} (whole frames of every stream and align={policy.align})")
+                             f"{multiple} (whole frames of every stream, align={policy.align}"
+                             f"{f', window_align={policy.window_align}' if name == 'window' else ''})")
     if policy.overlap >= policy.window:
         raise ValueError(f"chunk policy: overlap {policy.overlap} must be smaller than window {policy.window}")
     return policy

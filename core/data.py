@@ -33,14 +33,19 @@ import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .audio import AudioReadError, Mixdown, _read_frames, probe_audio_file, read_audio, resample, write_audio
+
+__all__ = ["AUDIO_EXTENSIONS", "DOMAINS", "AudioDataset", "AudioEntry", "AudioReadError", "AudioSampler",
+           "ManifestError", "NoUsableAudioError", "ScanReport", "build_dataloader", "build_dataset", "collate_audio",
+           "list_audio_files", "load_entries", "probe_audio_file", "read_audio", "read_manifest", "resample",
+           "scan_audio", "write_audio"]  # read_audio/write_audio/resample live in codecfw.core.audio
 
 logger = logging.getLogger("codecfw.data")
 
@@ -48,11 +53,6 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 DOMAINS = ("speech", "music", "sound")
 SKIP_REASONS = ("missing", "unreadable", "empty", "silent", "non-finite")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-Mixdown = Literal["mean", "first"] | int
-
-
-class AudioReadError(RuntimeError):
-    """An audio file could not be read; the message names the file."""
 
 
 class ManifestError(ValueError):
@@ -61,72 +61,6 @@ class ManifestError(ValueError):
 
 class NoUsableAudioError(RuntimeError):
     """A dataset source has no usable audio file; the message names the source and the skip reasons."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reading audio
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _to_mono(frames: np.ndarray, mixdown: Mixdown) -> np.ndarray:
-    """frames : [N x C] → [N]."""
-    if mixdown == "mean":
-        return frames.mean(axis=1) if frames.shape[1] > 1 else frames[:, 0]
-    channel = 0 if mixdown == "first" else int(mixdown)
-    if not 0 <= channel < frames.shape[1]:
-        raise ValueError(f"mixdown channel {channel} out of range for {frames.shape[1]}-channel audio")
-    return frames[:, channel]
-
-
-@lru_cache(maxsize=32)
-def _resampler(orig: int, new: int) -> torch.nn.Module:
-    import torchaudio
-
-    return torchaudio.transforms.Resample(orig, new)  # kernel computed once per rate pair (per process)
-
-
-def resample(wav: torch.Tensor, orig: int, new: int) -> torch.Tensor:
-    """wav : Tensor[... x N] at ``orig`` Hz → Tensor[... x ceil(N * new / orig)] at ``new`` Hz (torchaudio sinc)."""
-    if orig == new:
-        return wav
-    with torch.no_grad():
-        return _resampler(int(orig), int(new))(wav)
-
-
-def _read_frames(path: str, start: int = 0, frames: int = -1, mixdown: Mixdown = "mean") -> tuple[np.ndarray, int]:
-    try:
-        data, sr = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError... all mean "unreadable"
-        raise AudioReadError(f"cannot read audio file {path}: {exc}") from exc
-    return _to_mono(data, mixdown), sr
-
-
-def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, mixdown: Mixdown = "mean") -> torch.Tensor:
-    """Read a whole file as mono float32, resampled to ``sample_rate`` (native rate when None).
-
-    Returns wav : Tensor[1 x N]. Raises :class:`AudioReadError` naming the file when it cannot be read.
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise AudioReadError(f"cannot read audio file {path}: no such file")
-    mono, sr = _read_frames(path, mixdown=mixdown)
-    wav = torch.from_numpy(np.ascontiguousarray(mono))[None]
-    return resample(wav, sr, sample_rate) if sample_rate else wav
-
-
-def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, subtype: str | None = None) -> None:
-    """Write wav : Tensor[1 x N] (or [N]) atomically; the format follows the extension (.wav, .flac, .ogg)."""
-    path = Path(path)
-    data = wav.detach().float().cpu().reshape(-1).numpy()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, data, sample_rate, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -252,27 +186,6 @@ def load_entries(source: str | os.PathLike, split: str | None = None) -> list[Au
 # ----------------------------------------------------------------------------------------------------------------
 
 _SCAN_MEMO: dict[tuple[str, int, int], dict[str, Any]] = {}
-
-
-def probe_audio_file(path: str, block_frames: int = 1 << 16) -> dict[str, Any]:
-    """Stream through a file once: {frames, sample_rate, channels, peak, finite} or {error}."""
-    if not os.path.isfile(path):
-        return {"error": "missing", "detail": "no such file"}
-    try:
-        info = sf.info(path)
-        peak, frames, finite = 0.0, 0, True
-        with sf.SoundFile(path) as f:
-            for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
-                frames += len(block)
-                if not np.isfinite(block).all():
-                    finite = False
-                    break
-                if len(block):
-                    peak = max(peak, float(np.abs(block).max()))
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable"
-        return {"error": "unreadable", "detail": f"{type(exc).__name__}: {exc}"}
-    return {"frames": frames, "sample_rate": int(info.samplerate), "channels": int(info.channels), "peak": peak,
-            "finite": finite}
 
 
 def _skip_reason(probe: dict[str, Any], silence_threshold: float) -> tuple[str, str] | None:
@@ -433,7 +346,7 @@ class AudioDataset(Dataset):
         return int(rng.integers(0, spare + 1))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        index, epoch = (key, None) if isinstance(key, (int, np.integer)) else key
+        index, epoch = key if isinstance(key, (tuple, list)) else (key, None)
         index = int(index)
         entry = self.entries[index]
         start = self.crop_start(index, epoch)

@@ -71,7 +71,8 @@ class FeatureWriter:
                                  f"dim {self.dim} / {dtype}")
             self.index = old
             self.index["complete"] = False
-        else:
+        else:  # a fresh index first, so that a crash never leaves one listing deleted shards
+            atomic_write_json(index_path, self.index)
             for stale in self.directory.glob("shard_*.npy"):
                 stale.unlink()
         self._pending: list[np.ndarray] = []

@@ -170,18 +170,42 @@ def spectrogram_figure(signals: dict[str, Tensor], sample_rate: int, path: str |
         plt.close(fig)
 
 
-def bar_chart(labels: Sequence[str], values: Sequence[float], column: str, direction: bool | None,
-              path: str | Path) -> Path:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(labels) + 1.5), 3.0))
+def _bars(ax: Any, labels: Sequence[str], values: Sequence[float], column: str, direction: bool | None) -> None:
     heights = [v if math.isfinite(v) else 0.0 for v in values]
     bars = ax.bar(range(len(labels)), heights, color=["#4c72b0" if math.isfinite(v) else "#cccccc" for v in values])
     for bar, v in zip(bars, values):
         ax.annotate(fmt(v), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                     fontsize=7)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    note = " (higher is better)" if direction else " (lower is better)" if direction is False else ""
-    ax.set_title(column + note, fontsize=9)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    note = " ↑" if direction else " ↓" if direction is False else ""
+    ax.set_title(column + note, fontsize=8)
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], column: str, direction: bool | None,
+              path: str | Path) -> Path:
+    """One column as a bar chart (title arrow: ↑ higher is better, ↓ lower is better)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(labels) + 1.5), 3.0))
+    _bars(ax, labels, values, column, direction)
+    try:
+        return _savefig(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def bar_grid(labels: Sequence[str], table: dict[str, Sequence[float]], directions: dict[str, bool | None],
+             path: str | Path, ncols: int = 4) -> Path:
+    """Every column of a comparison as one panel of a single figure (one file, rendered once)."""
+    plt = _pyplot()
+    n = len(table)
+    nrows = max(1, math.ceil(n / ncols))
+    width = max(2.6, 0.45 * len(labels) + 1.2)
+    fig, axes = plt.subplots(nrows, min(ncols, n), figsize=(width * min(ncols, n), 2.6 * nrows), squeeze=False)
+    for ax, (column, values) in zip(axes.flat, table.items()):
+        _bars(ax, labels, values, column, directions.get(column))
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
     try:
         return _savefig(fig, Path(path))
     finally:
@@ -190,18 +214,21 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], column: str, direc
 
 def write_comparison(rows: Sequence[dict[str, Any]], key: str, columns: Sequence[str],
                      directions: dict[str, bool | None], out_dir: str | Path, plots: bool = True,
-                     extra: Sequence[str] = ()) -> dict[str, Any]:
-    """One table, rows = systems or variants: ``comparison.csv``, ``comparison.md`` and a bar chart per column."""
+                     extra: Sequence[str] = (), per_column: bool = False) -> dict[str, Any]:
+    """One table, rows = systems or variants: ``comparison.csv``, ``comparison.md``, ``plots/comparison.png`` (a bar
+    chart per column, one figure) and, with ``per_column``, ``plots/<column>.png`` each."""
     out_dir = Path(out_dir)
     cols = order_columns([c for c in columns if any(_finite(r.get(c)) for r in rows)])
     write_csv(out_dir / "comparison.csv", rows, [key, *extra, *cols])
     write_text(out_dir / "comparison.md", markdown_table(rows, [key, *extra, *cols], directions, bold_best=True))
     charts = []
-    if plots:
+    if plots and cols:
         labels = [str(r[key]) for r in rows]
-        for col in cols:
-            charts.append(bar_chart(labels, [float(r.get(col, float("nan"))) for r in rows], col,
-                                    directions.get(col), out_dir / "plots" / f"{safe_name(col)}.png"))
+        table = {c: [float(r.get(c, float("nan"))) for r in rows] for c in cols}
+        charts.append(bar_grid(labels, table, directions, out_dir / "plots" / "comparison.png"))
+        if per_column:
+            charts += [bar_chart(labels, v, c, directions.get(c), out_dir / "plots" / f"{safe_name(c)}.png")
+                       for c, v in table.items()]
     return {"csv": out_dir / "comparison.csv", "markdown": out_dir / "comparison.md", "plots": charts,
             "columns": cols}
 
@@ -296,7 +323,7 @@ def render_report(result: Any, overall: list[dict[str, Any]], figures: dict[str,
     lines += ["## Results (all clips)", "", markdown_table(overall, ["system", "clips", *cols, "rtf"],
                                                            result.directions, bold_best=True)]
     if comparison:
-        lines += [f"Bar charts: {', '.join(f'[{p.stem}]({p.relative_to(out_dir)})' for p in comparison['plots'])}", ""]
+        lines += [f"![comparison]({p.relative_to(out_dir)})" for p in comparison["plots"]] + [""]
     lines += ["## Per domain", ""]
     for system in s["systems"]:
         rows = [r for r in result.summary if r["system"] == system]

@@ -28,7 +28,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -343,6 +343,3 @@ def export_tokens(tf: TokenFile, path: str | os.PathLike, fmt: str | None = None
             torch.save(blob, tmp)
     return path
 
-
-def streams_from_header(meta: Sequence[Mapping[str, Any]]) -> tuple[TokenStream, ...]:
-    return tuple(TokenStream(str(m["name"]), float(m["frame_rate"]), int(m["codebook_size"])) for m in meta)

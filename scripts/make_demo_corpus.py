@@ -171,6 +171,8 @@ def check_tools() -> None:
 
 
 def package_version(pkg: str) -> str:
+    if shutil.which("dpkg-query") is None:
+        return "?"
     out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True)
     return out.stdout.strip() or "?"
 

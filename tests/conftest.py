@@ -16,3 +16,19 @@ def toy_registry():
     registry = Registry(strict=True)
     registry.register_module(toy_codec, name="toy_codec", distribution="codecfw-tests")
     return registry
+
+
+@pytest.fixture
+def eval_registry():
+    """The toy codec, the toy training plugins and codecfw's metric plugins, registered by hand (no entry points)."""
+    from codecfw.core.registry import Registry
+    from codecfw.plugins.metric import asr, distance, perceptual, tokens
+
+    from . import toy_codec, toy_training
+
+    registry = Registry(strict=True)
+    registry.register_module(toy_codec, name="toy_codec", distribution="codecfw-tests")
+    registry.register_module(toy_training, name="toy_training", distribution="codecfw-tests")
+    for module in (distance, perceptual, asr, tokens):
+        registry.register_module(module, name=module.__name__, distribution="codecfw")
+    return registry

@@ -304,3 +304,27 @@ def test_cli_errors_are_clear(tmp_path, toy_cli, capsys):
     assert "--sizes" in capsys.readouterr().err
     assert main(base + ["--sizes", "4096", "--per-domain", "speech:1", "--overwrite"]) == 2
     assert "cannot learn 4096 centroids from 100" in capsys.readouterr().err
+
+
+def test_cli_resumes_an_interrupted_extraction(tmp_path, toy_cli):
+    import shutil
+
+    from codecfw.core.cli import main
+
+    manifest = _write_corpus(tmp_path)
+    out = tmp_path / "cb"
+    argv = ["cluster", str(toy_cli), "--data", str(manifest), "--sizes", "4", "--out", str(out), "--iters", "3",
+            "--no-progress", "--device", "cpu", "--shard-rows", "100"]
+    assert main(argv) == 0
+    store_dir = out / "work" / "features" / "all" / "rank000"
+    full = FeatureStore(store_dir).read(0, 10**6)
+    assert len(full) == 900
+    # As if the run had died after flushing the first two files' shards.
+    index = json.loads((store_dir / "index.json").read_text())
+    index.update(shards=index["shards"][:2], sources_done=2, complete=False)
+    (store_dir / "index.json").write_text(json.dumps(index))
+    shutil.rmtree(out / "work" / "state")
+    assert main(argv + ["--resume"]) == 0
+    np.testing.assert_array_equal(FeatureStore(store_dir).read(0, 10**6), full)
+    # Settings that change the features are refused.
+    assert main(argv + ["--resume", "--chunk-seconds", "0.5"]) == 2

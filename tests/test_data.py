@@ -126,6 +126,17 @@ def test_resampling_keeps_pitch_and_duration(tmp_path, sr):
         assert torch.allclose(seg, ref, atol=1e-5), start
 
 
+def test_write_audio_round_trip(tmp_path):
+    wav = torch.linspace(-0.5, 0.5, 1600)[None]
+    D.write_audio(tmp_path / "out" / "a.wav", wav, 16000, subtype="FLOAT")
+    assert torch.equal(D.read_audio(tmp_path / "out" / "a.wav"), wav)
+    D.write_audio(tmp_path / "b.flac", torch.stack([wav[0], -wav[0]]), 8000)
+    info = sf.info(tmp_path / "b.flac")
+    assert (info.channels, info.samplerate, info.frames) == (2, 8000, 1600)
+    assert D.read_audio(tmp_path / "b.flac", mixdown="first").sub(wav).abs().max() < 1e-4
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left behind
+
+
 def test_read_audio_errors_name_the_file(tmp_path):
     bad = tmp_path / "broken.flac"
     bad.write_bytes(b"this is not a flac file at all" * 10)
@@ -324,7 +335,7 @@ def test_demo_corpus_manifest_files_domains_and_budget():
     for split in ("train", "valid"):
         assert {r["domain"] for r in split_rows[split]} == set(D.DOMAINS)
     size = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file())
-    assert size <= 15 * 2**20
+    assert size <= 15_000_000  # the 15 MB budget
 
 
 def test_demo_corpus_loads_through_the_dataset_with_declared_domains(caplog):
@@ -344,3 +355,19 @@ def test_demo_corpus_loads_through_the_dataset_with_declared_domains(caplog):
         assert batch["waveform"].shape[1:] == (1, 16000)
         assert torch.isfinite(batch["waveform"]).all() and batch["waveform"].abs().amax() <= 1.0
         assert batch["domain"] == [rows[p]["domain"] for p in batch["path"]]
+
+
+def test_demo_corpus_script_fails_clearly_without_its_tools(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_demo_corpus", REPO / "scripts" / "make_demo_corpus.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script.shutil, "which", lambda name: None)
+    monkeypatch.setattr(script, "SOUNDFONT", "/nonexistent/FluidR3_GM.sf2")
+    with pytest.raises(SystemExit) as err:
+        script.check_tools()
+    msg = str(err.value)
+    assert "program text2wave (apt-get install festival)" in msg
+    assert "soundfont /nonexistent/FluidR3_GM.sf2 (apt-get install fluid-soundfont-gm)" in msg
+    assert "Install them with: apt-get install festival" in msg

@@ -21,6 +21,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _unsynced(recipe: dict) -> dict:
+    recipe["acoustic"]["sync_codebook"] = False
+    recipe["train"]["sync_buffers"] = False
+    return recipe
+
+
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     """One two-process gloo job running three scenarios (one spawn: start-up dominates the cost)."""
@@ -34,6 +40,8 @@ def ddp_results(tmp_path_factory):
         ("global", per_rank, "data"),
         # EMA codebook with k-means init and dead-code revival (vector-quantize-pytorch buffers)
         ("ema_vq", toy_recipe(corpus, acoustic="toy_ema_vq", **common), "data"),
+        # negative control: no statistics all-reduce, no buffer broadcast → the replicas' codebooks drift apart
+        ("ema_vq_unsynced", _unsynced(toy_recipe(corpus, acoustic="toy_ema_vq", **common)), "data"),
         # rank 0 has 3 batches per epoch, rank 1 has 5
         ("unequal", toy_recipe(corpus, objective="diffusion", steps=8, valid_every=100, checkpoint_every=100),
          "unequal"),
@@ -82,6 +90,9 @@ def test_quantizer_ema_state_is_identical_on_both_ranks(ddp_results):
         assert torch.equal(a[key], b[key]), key
     initted = [k for k in buffers if k.endswith("initted")]
     assert initted and all(bool(a[k].all()) for k in initted), "k-means init did not run"
+    # the same run without the all-reduce and the loop's broadcast: the check above would have caught the drift
+    a, b = (r["state"] for r in results["ema_vq_unsynced"])
+    assert any(not torch.equal(a[k], b[k]) for k in buffers)
 
 
 def test_ranks_with_unequal_batch_counts_stop_together(ddp_results):

@@ -306,4 +306,69 @@ def test_config_validation():
         AudioMAEKMeansConfig(codebooks=[{"size": 64}], vocab_size=100)
     with pytest.raises(ValueError, match="stack_factor"):
         AudioMAEKMeansConfig(stack_factor=3)
-    assert AudioMAEKMeansConfig().vocab_size == 16384 and AudioMAEKMeansConfig().embed_dim == 768
+    cfg = AudioMAEKMeansConfig()
+    assert cfg.embed_dim == 768 and cfg.depth == 12 and cfg.contextual_depth == 8 and cfg.stack_factor == 1
+    assert [c.size for c in cfg.codebooks] == [4096, 8192, 16384, 32768]
+    fe = frontend(codebooks=[{"size": 8}, {"size": 16}], vocab_size=None, depth=2, contextual_depth=0)
+    assert fe.vocab_size == 16
+
+
+def test_chunked_encoding_equals_whole_file():
+    """Windows are encoded on their own, so the chunked path (codecfw.core.chunking) gives the whole-file tokens."""
+    from codecfw.core.chunking import encode_stream, resolve_chunk_policy
+
+    fe = frontend(stack_factor=4, depth=2, contextual_depth=0).eval()
+    ac = build_bilstm_ema_vq(BiLSTMEMAVQConfig(lstm_layers=1, codebook_size=16),
+                             BuildContext(16000, semantic=fe)).eval()
+    wav = 0.1 * torch.randn(1, 1, 2 * SEGMENT_SAMPLES + 7000, generator=torch.Generator().manual_seed(1))
+
+    def encode(w):
+        sem = fe(w)
+        return {**sem.tokens, **ac(w, sem).tokens}
+
+    whole = encode(wav)
+    assert whole["semantic"].shape[1] == TokenLayout(4).num_tokens(wav.shape[-1]) == 2 * 128 + 8
+
+    class Codec:  # the two slots as the chunking code sees them
+        sample_rate, semantic, acoustic = 16000, fe, ac
+
+        @staticmethod
+        def streams():
+            return fe.streams() + ac.streams()
+
+    policy = resolve_chunk_policy(Codec)
+    assert policy.window == SEGMENT_SAMPLES and policy.exact
+    tokens, n = encode_stream(encode, [wav[0, 0, :100000], wav[0, 0, 100000:]], policy, Codec.streams(), 16000)
+    assert n == wav.shape[-1]
+    for name in ("semantic", "acoustic"):
+        assert np.array_equal(tokens[name], whole[name][0].numpy()), name
+
+
+def test_reference_compat_whole_file_fbank():
+    """reference_compat computes one fbank over the padded file: only the last two frames of inner windows differ."""
+    wav = 0.1 * torch.randn(1, 1, 2 * SEGMENT_SAMPLES, generator=torch.Generator().manual_seed(2))
+    ours, n_ours = frontend().fbank(wav)
+    ref, n_ref = frontend(reference_compat=True).fbank(wav)
+    assert ours.shape[1] == 2048 and ref.shape[1] == 3072  # an exact multiple gains a window in the reference
+    assert n_ours == 1024 and n_ref == 1032
+    diff = (ours - ref[:, :2048]).abs().amax(-1)[0]
+    assert diff[1022:1024].min() > 0.1 and torch.cat([diff[:1022], diff[1024:2046]]).max() < 1e-3
+    assert frontend().chunk_policy().exact and not frontend(reference_compat=True).chunk_policy().exact
+
+
+def test_audiomae_weights_and_autocast(tmp_path):
+    """``audiomae_weights`` reads the official encoder.ckpt layout; an ambient bf16 autocast does not touch tokens."""
+    meta, st = case("audiomae_tiny")
+    weights = regen.fill(None, meta["recipe"], meta["base_seed"], keep=st)
+    weights["audiomae.model.decoder_pos_embed"] = torch.zeros(1, 513, 32)
+    weights["encoder.weight_ih_l0"] = torch.zeros(4, 2)  # other encoder.ckpt entries are ignored
+    torch.save(weights, tmp_path / "encoder.ckpt")
+    fe = frontend(audiomae_weights=str(tmp_path / "encoder.ckpt")).eval()
+    assert torch.equal(fe.audiomae.blocks[3].mlp.fc2.weight, weights["audiomae.model.blocks.3.mlp.fc2.weight"])
+    assert not any(p.requires_grad for p in fe.audiomae.parameters())
+    fbank = case("fbank_frontend")[1]["out/fbank"]
+    plain = fe.encode_fbank(fbank)
+    torch.testing.assert_close(fe.stacked_features(fbank)[0], st["out/features"][0, 1:], atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = fe.encode_fbank(fbank)
+    assert torch.equal(plain.tokens["semantic"], auto.tokens["semantic"]) and auto.quantized.dtype == torch.float32

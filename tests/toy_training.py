@@ -64,6 +64,7 @@ class ToyEMAQuantizerConfig(PluginConfig):
     decay: float = 0.8
     kmeans_init: bool = True
     threshold_ema_dead_code: float = 1.0
+    sync_codebook: bool | None = None  # None: vector-quantize-pytorch's default (on when distributed)
 
 
 class ToyEMAQuantizer(AcousticQuantizer):
@@ -78,7 +79,7 @@ class ToyEMAQuantizer(AcousticQuantizer):
         self.down = nn.Conv1d(1, cfg.dim, sem.hop, stride=sem.hop)
         self.vq = VectorQuantize(cfg.dim, cfg.codebook_size, decay=cfg.decay, kmeans_init=cfg.kmeans_init,
                                  kmeans_iters=2, threshold_ema_dead_code=cfg.threshold_ema_dead_code,
-                                 channel_last=False)
+                                 sync_codebook=cfg.sync_codebook, channel_last=False)
 
     def streams(self) -> list[TokenStream]:
         return [TokenStream("acoustic", self.frame_rate, self.size)]
@@ -88,8 +89,7 @@ class ToyEMAQuantizer(AcousticQuantizer):
         return AcousticOutput(quantized=q, tokens={"acoustic": idx}, losses={"commitment": loss.sum()})
 
     def from_tokens(self, tokens: dict[str, Tensor], semantic: SemanticOutput) -> AcousticOutput:
-        codes = self.vq.get_output_from_indices(tokens["acoustic"])  # B T D
-        return AcousticOutput(quantized=codes.transpose(1, 2))
+        return AcousticOutput(quantized=self.vq.get_output_from_indices(tokens["acoustic"]))  # B D T (channel first)
 
 
 @hookimpl

@@ -254,8 +254,12 @@ def run(args) -> int:
                 "sample_rate": recipe.sample_rate, "chunk_seconds": args.chunk_seconds,
                 "min_seconds": args.min_seconds, "manifest": str(args.data), "files": len(group), "world": world}
         base = work / "features" / domain
-        extract_domain(frontend, group[rank::world], base / f"rank{rank:03d}", recipe.sample_rate, device, args,
-                       meta, log)
+        try:
+            extract_domain(frontend, group[rank::world], base / f"rank{rank:03d}", recipe.sample_rate, device, args,
+                           meta, log)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if world > 1:
             dist.barrier()
         stores[domain] = FeatureStore([base / f"rank{r:03d}" for r in range(world)])

@@ -84,6 +84,7 @@ class ResidualQuantizer(AcousticQuantizer):
                              f"{semantic.feature_dim}, quantized_dim={semantic.quantized_dim}")
         dim = semantic.feature_dim
         self.frame_rate = semantic.frame_rate
+        self.hop_length = round(ctx.sample_rate / semantic.frame_rate)  # lets the decoder check its upsampling
         self.quantized_dim = dim
         self.codebook_size = cfg.codebook_size
         self.activation = ResidualActivation(dim, cfg.code_dim, cfg.hidden, cfg.kernel_size)

@@ -200,11 +200,9 @@ class LatentDiffusionDecoder(Decoder):
         if any(k.startswith("model.diffusion_model.") for k in state):
             state = self.convert_official(state, str(path))
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if k != "scale_initialized"]
         if missing or unexpected:
             raise KeyError(f"{path}: weights do not fit this decoder's configuration; missing {missing[:5]} "
                            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
-        self.scale_initialized.fill_(True)
 
     def train(self, mode: bool = True) -> "LatentDiffusionDecoder":
         super().train(mode)

@@ -184,6 +184,7 @@ def map_official_decoder_state(state: dict[str, Tensor], *, channel_mult: Sequen
     out.update({f"vocoder.{k}": v for k, v in official_vocoder_state(groups["vocoder"], f"{source} (vocoder)").items()})
     if "scale_factor" not in out:
         raise KeyError(f"{source}: no 'scale_factor' (the latent scale the UNet was trained with)")
+    out["scale_initialized"] = torch.tensor(True)  # the checkpoint's scale is final: training must not re-estimate
     return out
 
 

@@ -25,7 +25,6 @@ The ViT keeps the official key names (``patch_embed.proj``, ``blocks.N.attn.qkv`
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -236,29 +235,6 @@ def stack_patches(x: Tensor, stack_factor: int) -> Tensor:
     raise ValueError(f"stack_factor must be 1, 2 or 4, got {stack_factor}")
 
 
-def read_audiomae_weights(path: str | Path) -> dict[str, Tensor]:
-    """AudioMAE encoder weights from an official ``encoder.ckpt`` (``audiomae.model.*``), an AudioMAE ``.pth``
-    (``{"model": ...}``), a codecfw checkpoint (``semantic.audiomae.*``) or a bare state dict; the MAE decoder
-    (``decoder_*``, ``mask_token``) is dropped."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        state = state.get("model", state.get("state_dict", state))
-    out = {}
-    for prefix in ("semantic.audiomae.", "audiomae.model.", "model.", ""):
-        out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if "patch_embed.proj.weight" in out:
-            break
-    else:
-        raise KeyError(f"{path}: no AudioMAE weights found (looked for 'patch_embed.proj.weight' under the prefixes "
-                       f"'semantic.audiomae.', 'audiomae.model.', 'model.')")
-    return {k: v for k, v in out.items() if not (k.startswith("decoder_") or k == "mask_token")}
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The plugin
 # ----------------------------------------------------------------------------------------------------------------
@@ -283,13 +259,16 @@ class AudioMAEKMeansConfig(PluginConfig):
     codebooks: list[CodebookSpec] = Field(
         default_factory=lambda: [CodebookSpec(size=s) for s in (4096, 8192, 16384, 32768)],
         description="centroid tables; training draws one per batch, inference uses vocab_size")
-    vocab_size: int | None = Field(16384, description="codebook used outside training (default: the largest)")
+    vocab_size: int | None = Field(None, description="codebook used outside training (default: 16384 if loaded, "
+                                                     "else the largest)")
     train_vocab_sizes: list[int] | None = Field(None, description="codebooks drawn in training (default: all)")
     audiomae_weights: str | None = Field(None, description="AudioMAE weights file (official encoder.ckpt, ...)")
     reference_compat: bool = Field(False, description="reproduce the reference's token count and padding quirks")
     mark_padding: bool = Field(True, description="set rows after the trailing-silence cutoff to -1 (reference)")
     silence_std: float = Field(1e-7, ge=0, description="a frame is padding if its std over the 128 bins is <= this")
     max_batch_segments: int = Field(8, gt=0, description="10.24 s windows per AudioMAE call (memory bound)")
+    precision: Literal["float32", "bfloat16"] = Field("float32", description="AudioMAE compute on CUDA (centroid "
+                                                                          "distances are always float32)")
     seed: int = Field(0, description="seed of placeholder centroid tables")
 
     @model_validator(mode="after")
@@ -331,14 +310,17 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
         self.feature_dim = self.quantized_dim = cfg.embed_dim * cfg.stack_factor
         self.audiomae = AudioMAEEncoder(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.contextual_depth)
         if cfg.audiomae_weights:
-            missing, unexpected = self.audiomae.load_state_dict(read_audiomae_weights(cfg.audiomae_weights), strict=False)
+            from .semanticodec_checkpoint import read_audiomae_weights
+
+            weights = read_audiomae_weights(cfg.audiomae_weights)
+            missing, unexpected = self.audiomae.load_state_dict(weights, strict=False)
             if missing or unexpected:
                 raise KeyError(f"{cfg.audiomae_weights}: AudioMAE weights do not match the configured encoder; "
                                f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.audiomae.requires_grad_(False).eval()
         sizes = [c.size for c in cfg.codebooks]
         self.codebooks = KMeansCodebooks(self.feature_dim, sizes, [c.path for c in cfg.codebooks], seed=cfg.seed)
-        self.vocab_size = cfg.vocab_size or max(sizes)
+        self.vocab_size = cfg.vocab_size or (16384 if 16384 in sizes else max(sizes))
         self.train_vocab_sizes = cfg.train_vocab_sizes or sizes
 
     def train(self, mode: bool = True) -> "AudioMAEKMeansFrontend":
@@ -400,8 +382,11 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
     @torch.no_grad()
     def stacked_features(self, fbank: Tensor) -> Tensor:
         """fbank : Tensor[W x 1024 x 128] → Tensor[W x T_s x F] (AudioMAE, cls dropped, stacked by K)."""
-        out = [stack_patches(self.audiomae(chunk[:, None])[:, 1:], self.stack_factor)
-               for chunk in fbank.split(self.cfg.max_batch_segments)]
+        bf16 = self.cfg.precision == "bfloat16" and fbank.device.type == "cuda"
+        # An ambient autocast (bf16 training) is switched off unless asked for: tokens must not depend on it.
+        with torch.autocast(fbank.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = [stack_patches(self.audiomae(chunk[:, None])[:, 1:].float(), self.stack_factor)
+                   for chunk in fbank.split(self.cfg.max_batch_segments)]
         return torch.cat(out)
 
     def _draw_vocab_size(self) -> int:
@@ -452,6 +437,13 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
         fbank, num_tokens = self.fbank(waveform)
         features = self.stacked_features(fbank.reshape(-1, SEGMENT_FRAMES, MEL_BINS))
         return features.reshape(fbank.shape[0], -1, self.feature_dim)[:, :num_tokens].transpose(1, 2)
+
+
+def convert_official_semanticodec(spec, files):
+    """Converter of the ``semanticodec-*`` pretrained names; see :mod:`.semanticodec_checkpoint`."""
+    from .semanticodec_checkpoint import convert_official_semanticodec as convert
+
+    return convert(spec, files)
 
 
 @hookimpl

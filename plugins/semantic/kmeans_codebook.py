@@ -9,7 +9,8 @@ Centroid files:
 
 - the official ``codebook_<N>_0.npy`` tables (float32 ``[2N x F]``, loaded with ``allow_pickle=False``);
 - codecfw's clustering output (``codecfw cluster``): a ``.safetensors`` file with a ``centroids`` tensor
-  ``[V x F]`` and an optional JSON sidecar of the same stem (``num_clusters``/``dim`` are checked when present).
+  ``[V x F]`` and an optional JSON sidecar of the same stem (``size``/``dim`` are checked when present);
+  ``codecfw cluster`` also writes the official ``.npy`` layout.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def load_centroids(path: str | Path) -> Tensor:
         sidecar = path.with_suffix(".json")
         if sidecar.is_file():
             meta = json.loads(sidecar.read_text())
-            for key, axis in (("num_clusters", 0), ("dim", 1)):
+            for key, axis in (("size", 0), ("num_clusters", 0), ("dim", 1)):
                 if key in meta and int(meta[key]) != table.shape[axis]:
                     raise ValueError(f"{path}: 'centroids' has shape {tuple(table.shape)} but {sidecar.name} says "
                                      f"{key}={meta[key]}")
@@ -111,11 +112,12 @@ class KMeansCodebooks(nn.Module):
         """
         table = self.table(size)
         flat = x.reshape(-1, x.shape[-1]).to(table.dtype)
-        norm_c = table.pow(2).sum(1)
         out = []
-        for rows in flat.split(self.chunk_rows):
-            dist = rows.pow(2).sum(1, keepdim=True) + norm_c[None] - 2 * torch.mm(rows, table.t())
-            out.append(torch.min(dist, dim=1).indices)
+        with torch.autocast(flat.device.type, enabled=False):  # bf16 distances would change tokens
+            norm_c = table.pow(2).sum(1)
+            for rows in flat.split(self.chunk_rows):
+                dist = rows.pow(2).sum(1, keepdim=True) + norm_c[None] - 2 * torch.mm(rows, table.t())
+                out.append(torch.min(dist, dim=1).indices)
         if not out:
             return torch.zeros(x.shape[:-1], dtype=torch.long, device=x.device)
         return torch.cat(out).reshape(x.shape[:-1])

@@ -56,7 +56,7 @@ class ConversionError(ValueError):
 def _codebook_tensor(name: str, value: Tensor) -> tuple[str, Tensor]:
     """X-Codec's ``EuclideanCodebook`` buffers → vector-quantize-pytorch ``Codebook`` buffers (one head)."""
     if name == "inited":
-        return "initted", torch.tensor(bool(value.reshape(-1)[0].item()))
+        return "initted", value.reshape(-1)[0] != 0
     if name in ("cluster_size", "embed", "embed_avg"):
         return name, value.unsqueeze(0)
     raise ConversionError(f"unknown codebook buffer {name!r}")
@@ -192,7 +192,7 @@ def codecfw_to_original(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 name = m.group(2)
                 prefix = f"quantizer.vq.layers.{m.group(1)}._codebook."
                 if name == "initted":
-                    out[prefix + "inited"] = torch.tensor([float(bool(value))])
+                    out[prefix + "inited"] = value.reshape(1).float()
                 else:
                     out[prefix + name] = value.squeeze(0)
             else:
@@ -250,6 +250,9 @@ def recipe_from_original(state: dict[str, Tensor], teacher_config: dict[str, Any
     try:
         latent = int(state["fc_post2.weight"].shape[0])
         bins = int(state["quantizer.vq.layers.0._codebook.embed"].shape[0])
+        # 64 and 1024 are hard-coded in the reference; read them anyway so smaller test models convert too
+        encoder_channels = int(state["encoder.block.0.weight_v"].shape[0])
+        decoder_channels = int(state["decoder_2.model.0.weight_v"].shape[0])
     except KeyError as exc:
         raise ConversionError(f"not an X-Codec SoundStream state dict: no {exc.args[0]!r}") from None
     strides = []
@@ -276,9 +279,9 @@ def recipe_from_original(state: dict[str, Tensor], teacher_config: dict[str, Any
         "sample_rate": sr,
         "semantic": {"kind": "ssl_teacher", "model": teacher, "teacher_config": _teacher_config(teacher_config),
                      "layers": "mean"},
-        "acoustic": {"kind": "dac_rvq", "strides": ratios, "latent_dim": latent, "codebook_size": bins,
-                     "bandwidths": bandwidths, "bits_per_codebook": 10.0},
-        "decoder": {"kind": "dac_generator", "rates": ratios},
+        "acoustic": {"kind": "dac_rvq", "encoder_channels": encoder_channels, "strides": ratios,
+                     "latent_dim": latent, "codebook_size": bins, "bandwidths": bandwidths, "bits_per_codebook": 10.0},
+        "decoder": {"kind": "dac_generator", "channels": decoder_channels, "rates": ratios},
     }
     if gain is not None:
         recipe["data"] = {"gain": float(gain)}
