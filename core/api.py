@@ -248,9 +248,10 @@ class AudioTokenizer:
         for i, item in enumerate(items):
             if item.shape[-1] == 0:
                 raise ValueError(f"item {i}: empty waveform (0 samples)")
-            if not torch.isfinite(item).all():
+            item = item.detach().float().cpu()
+            if not np.isfinite(item.numpy()).all():  # numpy: single-threaded, no thread-pool wake-up per item
                 raise ValueError(f"item {i}: waveform contains NaN or inf")
-            mono = to_mono(item.float().cpu(), mixdown, f"item {i}")
+            mono = to_mono(item, mixdown, f"item {i}")
             out.append(resample(mono, int(sample_rate), self.sample_rate))
         return out
 

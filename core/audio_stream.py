@@ -23,7 +23,7 @@ from .tokens import atomic_output
 
 Mixdown = Literal["mean", "first", "error"]
 MIXDOWNS = ("mean", "first", "error")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
 
 
 class AudioError(ValueError):

@@ -11,7 +11,8 @@ Composition rules:
 - ``include: base.yaml`` (or a list) merges this file over its bases, paths relative to the including file.
   Dicts merge key by key; anything else replaces. A slot whose ``kind`` changes is replaced whole, so an ablation
   that swaps ``acoustic.kind`` does not inherit the old kind's keys.
-- Overrides ``key.sub=value`` (values parsed as YAML, list items by index: ``losses.0.weight=2``) apply last.
+- Overrides ``key.sub=value`` (values parsed as YAML, list items by index: ``losses.0.weight=2``) apply last, in
+  order; ``acoustic.kind=other`` swaps the slot to that kind's defaults, and later overrides set its keys.
 """
 
 from __future__ import annotations
@@ -250,6 +251,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         if not ok:
             continue
         last = parts[-1]
+        if last == "kind" and isinstance(node, dict) and node.get("kind") not in (None, value):
+            node.clear()  # a new kind starts from its own defaults, as an include that changes the kind does
         if isinstance(node, list) and isinstance(last, int) and -len(node) <= last < len(node):
             node[last] = merge(node[last], value)
         elif isinstance(node, dict):

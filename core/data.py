@@ -293,12 +293,13 @@ class AudioDataset(Dataset):
     def __init__(self, source: str | os.PathLike, sample_rate: int, segment_seconds: float | None, *,
                  mode: Literal["train", "valid"] = "train", split: str | None = None, seed: int = 0,
                  mixdown: Mixdown = "mean", silence_threshold: float = 1e-4, scan_cache: str | None = None,
-                 cache_audio: bool = False, scan_workers: int = 4) -> None:
+                 cache_audio: bool = False, scan_workers: int = 4, gain: float = 1.0) -> None:
         if mode not in ("train", "valid"):
             raise ValueError(f"mode must be 'train' or 'valid', got {mode!r}")
         self.source, self.sample_rate, self.mode, self.seed = str(source), int(sample_rate), mode, seed
         self.segment = None if segment_seconds is None else max(1, round(segment_seconds * sample_rate))
         self.mixdown, self.cache_audio, self.epoch = mixdown, cache_audio, 0
+        self.gain = float(gain)  # data.gain (X-Codec's audio_norm_scale 0.95)
         entries = load_entries(source, split)
         report = scan_audio(entries, silence_threshold=silence_threshold, cache=scan_cache, workers=scan_workers,
                             source=self.source + (f" [{split}]" if split else ""))
@@ -352,6 +353,8 @@ class AudioDataset(Dataset):
         start = self.crop_start(index, epoch)
         length = self.segment if self.segment is not None else self.num_samples(index) - start
         wav = self.load_segment(index, start, length)
+        if self.gain != 1.0:
+            wav = wav * self.gain
         valid = min(length, self.num_samples(index) - start)
         return {"waveform": wav, "length": valid, "domain": entry.domain, "transcript": entry.transcript,
                 "path": entry.path, "index": index}
@@ -457,7 +460,8 @@ def build_dataset(data_cfg: Any, split: Literal["train", "valid"], sample_rate: 
         segment = data_cfg.valid_segment_seconds
     return AudioDataset(source, sample_rate, segment, mode="train" if split == "train" else "valid", split=split,
                         seed=seed, mixdown=data_cfg.mixdown, silence_threshold=data_cfg.silence_threshold,
-                        scan_cache=data_cfg.scan_cache, cache_audio=data_cfg.cache_audio)
+                        scan_cache=data_cfg.scan_cache, cache_audio=data_cfg.cache_audio,
+                        gain=getattr(data_cfg, "gain", 1.0))
 
 
 def build_dataloader(data_cfg: Any, split: Literal["train", "valid"], sample_rate: int, seed: int = 0,

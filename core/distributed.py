@@ -120,12 +120,19 @@ def gather_objects(obj: Any, ctx: DistributedContext) -> list[Any]:
 
 
 def broadcast_buffers(module: nn.Module, ctx: DistributedContext, src: int = 0) -> None:
-    """Copy every buffer (EMA codebooks, cluster sizes, ``initted`` flags, ...) from rank ``src`` to all ranks."""
+    """Copy every buffer (EMA codebooks, cluster sizes, ``initted`` flags, ...) from rank ``src`` to all ranks.
+
+    Submodules that set ``static_buffers = True`` (frozen k-means tables, diffusion schedules: hundreds of MB that
+    never change after loading) are skipped; see :class:`codecfw.core.types.SemanticFrontend`.
+    """
     if not ctx.is_distributed:
         return
     with torch.no_grad():
-        for buf in module.buffers():
-            dist.broadcast(buf.data, src=src)
+        for sub in module.modules():
+            if getattr(sub, "static_buffers", False):
+                continue
+            for buf in sub.buffers(recurse=False):
+                dist.broadcast(buf.data, src=src)
 
 
 def broadcast_parameters(module: nn.Module, ctx: DistributedContext, src: int = 0) -> None:

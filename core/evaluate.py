@@ -184,7 +184,7 @@ def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides:
     if spec == "identity":
         return IdentitySystem()
     path = Path(spec)
-    if path.exists() and not path.suffix.lower() in (".yaml", ".yml"):
+    if path.exists() and path.suffix.lower() not in (".yaml", ".yml"):
         from .api import load_checkpoint, resolve_checkpoint_dir
 
         codec, recipe, meta = load_checkpoint(path, registry)

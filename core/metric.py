@@ -21,7 +21,6 @@ and the runner stores them with the results.
 from __future__ import annotations
 
 import importlib
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -159,13 +158,6 @@ def align(estimate: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
     """Trim two waveforms ``Tensor[N]`` to the shorter length (:data:`ALIGNMENT`)."""
     n = min(estimate.shape[-1], reference.shape[-1])
     return estimate[..., :n], reference[..., :n]
-
-
-def finite(value: float) -> float:
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError("metric produced NaN")
-    return value
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -17,6 +18,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger("codecfw.eval")
 
 #: Columns shown first in comparison tables.
 LEADING = ("bitrate_kbps", "token_rate")
@@ -125,6 +128,12 @@ def order_columns(columns: Sequence[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def have_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _pyplot():
     import matplotlib
 
@@ -148,22 +157,30 @@ def log_spectrogram(wav: Tensor, n_fft: int = 1024, hop: int = 256) -> Tensor:
     return 20 * spec.abs().clamp_min(1e-5).log10()
 
 
-def spectrogram_figure(signals: dict[str, Tensor], sample_rate: int, path: str | Path, title: str = "") -> Path:
-    """Original beside reconstructions: one panel per entry of ``signals`` (``"original"`` first), shared dB scale."""
+def spectrogram_figure(signals: dict[str, Tensor], sample_rate: int, path: str | Path, title: str = "",
+                       ncols: int = 5) -> Path:
+    """Original beside reconstructions: one panel per entry of ``signals`` (``"original"`` first), ``ncols`` per row,
+    one dB scale for all panels."""
     plt = _pyplot()
     specs = {name: log_spectrogram(w) for name, w in signals.items()}
     vmax = max(float(s.max()) for s in specs.values())
-    fig, axes = plt.subplots(1, len(specs), figsize=(3.2 * len(specs), 2.8), sharey=True, squeeze=False)
-    for ax, (name, spec) in zip(axes[0], specs.items()):
+    cols = min(ncols, len(specs))
+    rows = math.ceil(len(specs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), sharex=True, sharey=True, squeeze=False)
+    for ax, (name, spec) in zip(axes.flat, specs.items()):
         seconds = signals[name].numel() / sample_rate
         im = ax.imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma", vmin=vmax - 80, vmax=vmax,
                        extent=(0, seconds, 0, sample_rate / 2000))
         ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(specs):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("kHz")
+    for ax in axes[-1]:
         ax.set_xlabel("s")
-    axes[0][0].set_ylabel("kHz")
-    fig.colorbar(im, ax=axes[0].tolist(), label="dB", shrink=0.8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="dB", shrink=0.8)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.0 + 0.02 / rows)
     try:
         return _savefig(fig, Path(path))
     finally:
@@ -222,7 +239,7 @@ def write_comparison(rows: Sequence[dict[str, Any]], key: str, columns: Sequence
     write_csv(out_dir / "comparison.csv", rows, [key, *extra, *cols])
     write_text(out_dir / "comparison.md", markdown_table(rows, [key, *extra, *cols], directions, bold_best=True))
     charts = []
-    if plots and cols:
+    if plots and cols and have_matplotlib():
         labels = [str(r[key]) for r in rows]
         table = {c: [float(r.get(c, float("nan"))) for r in rows] for c in cols}
         charts.append(bar_grid(labels, table, directions, out_dir / "plots" / "comparison.png"))
@@ -258,13 +275,17 @@ def write_outputs(result: Any, out_dir: Path) -> None:
                        "".join(json.dumps(clean(r)) + "\n" for r in records))
     sr = result.settings["sample_rate"]
     figures = {}
+    plots = have_matplotlib()
+    if not plots:
+        logger.warning("matplotlib is not installed: no spectrograms or bar charts (pip install codecfw[eval])")
     for clip_id, signals in result.examples.items():
         folder = out_dir / "audio" / safe_name(clip_id)
         folder.mkdir(parents=True, exist_ok=True)
         for name, wav in signals.items():
             write_audio(folder / f"{safe_name(name)}.wav", wav, sr)
-        figures[clip_id] = spectrogram_figure(signals, sr, out_dir / "plots" / f"spec_{safe_name(clip_id)}.png",
-                                              title=clip_id)
+        if plots:
+            figures[clip_id] = spectrogram_figure(signals, sr, out_dir / "plots" / f"spec_{safe_name(clip_id)}.png",
+                                                  title=clip_id)
     systems = [s for s in result.settings["systems"]]
     overall = [dict(result.overall(s), system=s) for s in systems]
     comparison = None
@@ -287,7 +308,7 @@ def render_report(result: Any, overall: list[dict[str, Any]], figures: dict[str,
              f"- evaluation sample rate: **{s['sample_rate']} Hz**; resampler: {s['resampler']['function']} "
              f"({s['resampler']['resampling_method']}, width {s['resampler']['lowpass_filter_width']}, rolloff "
              f"{s['resampler']['rolloff']}); alignment: {s['alignment']}; mixdown: {s['mixdown']}",
-             f"- crop: {s['data']['max_seconds'] or 'whole clips'} s", ""]
+             f"- crop: {str(s['data']['max_seconds']) + ' s' if s['data']['max_seconds'] else 'whole clips'}", ""]
     lines += ["| metric | kind | settings | better | domains |", "|---|---|---|---|---|"]
     for name, m in s["metrics"].items():
         st = m.get("settings", {})

@@ -37,7 +37,7 @@ from . import checkpoint as ckpt
 from .codec import Codec, build_codec
 from .config import RecipeBase
 from .distributed import (DistributedContext, all_reduce_mean, all_true, barrier, broadcast_buffers, gather_objects,
-                          init_distributed, rng_state, seed_everything, set_rng_state, unwrap, wrap_ddp)
+                          init_distributed, rng_state, seed_everything, set_rng_state, wrap_ddp)
 from .ema import WeightEMA
 from .objectives import DiscriminatorSet, Objective, build_objective, evaluate
 from .registry import Registry, get_registry
@@ -141,7 +141,13 @@ class Trainer:
             self._load_weights(latest)
         elif self.init_from is not None:
             loaded = ckpt.load_codec_weights(self.codec, self.init_from, prefer_ema=True)
-            log.info("initialised the codec's weights from %s", loaded)
+            disc = loaded.parent / "discriminator.safetensors"
+            if self.discriminator is not None and disc.is_file():  # fine-tune against the trained critics too
+                missing, unexpected = ckpt.load_weights(self.discriminator, disc, strict=False)
+                if missing or unexpected:
+                    log.warning("%s matches the recipe's discriminators only partly (%d missing, %d unexpected)",
+                                disc, len(missing), len(unexpected))
+            log.info("initialised the weights from %s (optimizers and step start afresh)", loaded)
         self.ema = WeightEMA(self.codec, cfg.ema_decay) if cfg.ema_decay else None
         if self.ema is not None and latest is not None and (latest / "ema.safetensors").is_file():
             from safetensors.torch import load_file
@@ -211,7 +217,7 @@ class Trainer:
         cfg = self.cfg
         start_step, start_time = self.step, time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", dynamic_ncols=True, desc=self.recipe.name,
-                   disable=not (self.progress and self.dist.is_main), file=sys.stderr)
+                   disable=not (self.progress and self.dist.is_main and sys.stderr.isatty()), file=sys.stderr)
         self._data = self._start_epoch()
         while self.step < cfg.steps:
             micro_batches = [self._next_batch() for _ in range(cfg.grad_accum)]
@@ -483,25 +489,3 @@ class Trainer:
         if getattr(self, "writer", None) is not None:
             self.writer.close()
 
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The run summary as a few human-readable lines."""
-    lines = [f"run {summary['name']}: step {summary['step']} ({summary['steps_this_session']} this session) in "
-             f"{summary['seconds']:.1f} s"]
-    if summary.get("steps_per_second"):
-        lines.append(f"  {summary['steps_per_second']:.2f} steps/s, {summary['samples_per_second']:.1f} samples/s, "
-                     f"{summary['world_size']} process(es)")
-    if summary.get("best_valid_loss") is not None:
-        lines.append(f"  best validation loss {summary['best_valid_loss']:.4g}")
-    for split in ("train_data", "valid_data"):
-        data = summary.get(split)
-        if data:
-            skipped = data.get("skipped") or {}
-            total = sum(skipped.values())
-            detail = ", ".join(f"{n} {r}" for r, n in skipped.items())
-            lines.append(f"  {split.split('_')[0]} data: {data['files']} files ({data['hours']:.2f} h), skipped "
-                         f"{total}{f' ({detail})' if detail else ''}")
-            for reason, paths in (data.get("skipped_paths") or {}).items():
-                lines.extend(f"    skipped ({reason}): {p}" for p in paths[:10])
-    lines.append(f"  checkpoint {summary['last_checkpoint']}; run directory {summary['run_dir']}")
-    return "\n".join(lines)

@@ -133,7 +133,12 @@ class DecoderOutput:
 
 
 class SemanticFrontend(nn.Module):
-    """Slot 1. Turns a waveform into semantic features and (optionally) semantic tokens."""
+    """Slot 1. Turns a waveform into semantic features and (optionally) semantic tokens.
+
+    Any submodule of any slot may set the class attribute ``static_buffers = True`` to declare that its own buffers
+    never change after construction or checkpoint loading (frozen codebooks, schedules); distributed training then
+    does not re-broadcast them after every step.
+    """
 
     #: Frames per second of ``features``/``quantized``/``tokens``.
     frame_rate: float

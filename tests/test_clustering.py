@@ -293,8 +293,9 @@ def test_cli_per_domain_end_to_end(tmp_path, toy_cli):
     assert [d["inertia_history"] for d in after["domains"]] == [d["inertia_history"] for d in before["domains"]]
 
 
-def test_cli_errors_are_clear(tmp_path, toy_cli, capsys):
+def test_cli_errors_are_clear(tmp_path, toy_cli, toy_registry, capsys, monkeypatch):
     from codecfw.core.cli import main
+    from codecfw.core.types import BuildContext, SemanticFrontend
 
     manifest = _write_corpus(tmp_path, per_domain=1)
     base = ["cluster", str(toy_cli), "--data", str(manifest), "--out", str(tmp_path / "o"), "--no-progress"]
@@ -304,6 +305,11 @@ def test_cli_errors_are_clear(tmp_path, toy_cli, capsys):
     assert "--sizes" in capsys.readouterr().err
     assert main(base + ["--sizes", "4096", "--per-domain", "speech:1", "--overwrite"]) == 2
     assert "cannot learn 4096 centroids from 100" in capsys.readouterr().err
+    reg = toy_registry.get("semantic", "toy_semantic")
+    toy_class = type(reg.build(reg.config(), BuildContext(sample_rate=16000)))
+    monkeypatch.setattr(toy_class, "extract_features", SemanticFrontend.extract_features)
+    assert main(base + ["--sizes", "4", "--overwrite"]) == 2
+    assert "ToySemantic exposes no continuous features" in capsys.readouterr().err
 
 
 def test_cli_resumes_an_interrupted_extraction(tmp_path, toy_cli):

@@ -15,6 +15,15 @@ from codecfw.core.trainer import Trainer
 from codecfw.tests.training_support import ddp_worker, make_corpus, read_metrics, toy_recipe, training_registry
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster on a shared 2-core machine and bitwise reproducible."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +66,6 @@ def test_two_ranks_of_batch_1_train_like_one_process_of_batch_2(ddp_results):
     registry = training_registry()
     data = dict(scenarios[0][1])
     data["data"] = {**data["data"], "batch_size": 2}
-    torch.set_num_threads(1)
     single = Trainer(validate_recipe(data, registry), registry=registry, run_dir=root / "single", device="cpu",
                      progress=False).setup()
     initial = {f"param.{k}": v.detach().clone() for k, v in single.codec.named_parameters()}

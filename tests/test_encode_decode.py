@@ -113,6 +113,8 @@ def test_input_shapes_channels_and_resampling(checkpoint):
         tok.encode(noise(44100), 44100, resample_input=False)
     with pytest.raises(ValueError, match="empty"):
         tok.encode(torch.zeros(0), SR)
+    with pytest.raises(ValueError, match="item 1: waveform contains NaN"):
+        tok.encode([noise(100), torch.tensor([0.0, float("nan")])], SR)
     with pytest.raises(ValueError, match="Tensor"):
         tok.encode(torch.zeros(1, 1, 1, 10), SR)
 
@@ -300,6 +302,21 @@ def test_cli_round_trip_mirrors_paths_and_keeps_lengths(tmp_path, checkpoint, co
                  "-q", "--original-rate"]) == 0
     assert sf.info(tmp_path / "orig.wav").samplerate == 44100
     assert not list(tmp_path.rglob(".*.tmp*"))  # no temporary files left anywhere
+
+
+@pytest.mark.skipif(not (DEMO / "manifest.jsonl").is_file(), reason="demo corpus not present")
+def test_cli_round_trip_on_the_whole_demo_corpus(tmp_path, checkpoint, capsys):
+    listed = [json.loads(line)["path"] for line in (DEMO / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    tokens, audio = tmp_path / "tokens", tmp_path / "audio"
+    assert main(["encode", str(DEMO), "-o", str(tokens), "-c", str(checkpoint), "-q", "--batch-size", "16"]) == 0
+    assert main(["decode", str(tokens), "-o", str(audio), "-c", str(checkpoint), "-q", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert f"encoded {len(listed)} file(s), 0 failed" in out and f"decoded {len(listed)} file(s), 0 failed" in out
+    for rel in listed:
+        tf = TokenFile.load((tokens / rel).with_suffix(".cfwt"))
+        src = sf.info(DEMO / rel)
+        assert tf.num_samples == src.frames and tf.lengths()["semantic"] == src.frames // 160
+        assert sf.info((audio / rel).with_suffix(".flac")).frames == src.frames
 
 
 def test_cli_globs_export_and_skip_existing(tmp_path, checkpoint, corpus, capsys):

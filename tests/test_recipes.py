@@ -118,6 +118,9 @@ def test_overrides(registry, tmp_path):
     assert r.acoustic.kind == "other_vq" and r.acoustic.codebook_size == 128
     assert r.train.grad_clip == 1.5 and r.data.train == "x.jsonl"
     assert apply_overrides({"losses": [{"weight": 1}]}, ["losses.0.weight=2"]) == {"losses": [{"weight": 2}]}
+    # swapping a kind by override drops the old kind's keys; later overrides configure the new kind
+    swapped = apply_overrides({"acoustic": {"kind": "a", "only_a": 1}}, ["acoustic.kind=b", "acoustic.size=3"])
+    assert swapped == {"acoustic": {"kind": "b", "size": 3}}
     with pytest.raises(RecipeError, match="expected key.sub=value"):
         apply_overrides({}, ["no_equals_sign"])
     with pytest.raises(RecipeError, match="index 3 out of range"):

@@ -249,10 +249,10 @@ def test_variable_vocabulary_draws_per_batch():
     fe.train()
     assert not fe.audiomae.training
     torch.manual_seed(0)
-    drawn = [fe.encode_fbank(fbank).extras["vocab_size"] for _ in range(12)]
+    drawn = [fe.encode_fbank(fbank).extras["vocab_size"] for _ in range(8)]
     assert set(drawn) == {16, 64}
     torch.manual_seed(0)
-    assert [fe.encode_fbank(fbank).extras["vocab_size"] for _ in range(12)] == drawn  # seeded by the global RNG
+    assert [fe.encode_fbank(fbank).extras["vocab_size"] for _ in range(8)] == drawn  # seeded by the global RNG
     fe.eval()
     out = fe.encode_fbank(fbank)
     assert out.extras["vocab_size"] == 32 and int(out.tokens["semantic"].max()) < 32
@@ -317,7 +317,7 @@ def test_chunked_encoding_equals_whole_file():
     """Windows are encoded on their own, so the chunked path (codecfw.core.chunking) gives the whole-file tokens."""
     from codecfw.core.chunking import encode_stream, resolve_chunk_policy
 
-    fe = frontend(stack_factor=4, depth=2, contextual_depth=0).eval()
+    fe = frontend(stack_factor=4, embed_dim=16, depth=2, num_heads=2, contextual_depth=0).eval()
     ac = build_bilstm_ema_vq(BiLSTMEMAVQConfig(lstm_layers=1, codebook_size=16),
                              BuildContext(16000, semantic=fe)).eval()
     wav = 0.1 * torch.randn(1, 1, 2 * SEGMENT_SAMPLES + 7000, generator=torch.Generator().manual_seed(1))

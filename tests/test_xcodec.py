@@ -106,12 +106,12 @@ def test_bandwidths_map_to_quantizers_and_streams():
 
 def test_training_step_bandwidth_dropout_kmeans_and_gradients():
     q = quantizer().train()
-    x = torch.randn(3, 1, 6123) * 0.1
+    x = torch.randn(3, 1, 3323) * 0.1
     seen = set()
     for _ in range(10):
         out = q(x, SemanticOutput())
         seen.add(len(out.tokens))
-        assert all(t.shape == (3, 20) for t in out.tokens.values())
+        assert all(t.shape == (3, 11) for t in out.tokens.values())
     assert seen <= {1, 2, 3, 4, 8} and len(seen) >= 3
     assert all(bool(layer._codebook.initted) for layer in q.quantizer.layers[:1])
     q.zero_grad()
@@ -137,7 +137,7 @@ def test_ema_update_and_dead_code_revival():
     dead = codebook.cluster_size[0] < 2
     assert dead.any()  # 40 frames for 64 codes: most codes die and are revived from the batch
     revived = codebook.embed[0][codebook.cluster_size[0] == 2.0]
-    distance = torch.cdist(revived, latent).min(dim=1).values
+    distance = (revived[:, None] - latent[None]).norm(dim=-1).min(dim=1).values
     assert revived.shape[0] > 0 and distance.max() < 1e-5
 
 
@@ -173,7 +173,7 @@ def _ddp_worker(rank: int, world: int, init: str, out_dir: str) -> None:
         q.train()
         used = []
         for _ in range(3):
-            out = q(torch.randn(2, 1, 3200) * 0.1, SemanticOutput())
+            out = q(torch.randn(2, 1, 1600) * 0.1, SemanticOutput())
             used.append(len(out.tokens))
         state = {k: v for k, v in q.state_dict().items() if "_codebook" in k}
         torch.save({"state": state, "used": used}, os.path.join(out_dir, f"rank{rank}.pt"))

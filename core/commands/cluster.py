@@ -96,6 +96,8 @@ def extract_domain(frontend, entries: list[dict], directory: Path, sample_rate: 
             rows = np.concatenate(rows) if rows else np.empty((0, 0), np.float32)
             if not np.isfinite(rows).all():
                 raise ValueError("features contain NaN/Inf")
+        except NotImplementedError:
+            raise  # the front-end exposes no features: every file would fail the same way
         except Exception as exc:  # one bad file must not stop a dataset-sized run
             log(f"skipping {entry['path']}: {type(exc).__name__}: {exc}")
             skipped += 1
@@ -238,6 +240,10 @@ def run(args) -> int:
         return 2
 
     semantic_cfg = recipe.semantic.model_dump(mode="json")
+    if get_registry().get("semantic", recipe.semantic.kind).capabilities.get("clusterable") is False:
+        print(f"error: semantic front-end {recipe.semantic.kind!r} declares clusterable=False: it exposes no "
+              f"continuous features to cluster", file=sys.stderr)
+        return 2
     torch.manual_seed(args.seed)  # front-ends with randomly initialised parts extract the same features every run
     frontend = get_registry().build("semantic", recipe.semantic, BuildContext(sample_rate=recipe.sample_rate))
     frontend = frontend.to(device).eval()
@@ -257,7 +263,7 @@ def run(args) -> int:
         try:
             extract_domain(frontend, group[rank::world], base / f"rank{rank:03d}", recipe.sample_rate, device, args,
                            meta, log)
-        except ValueError as exc:
+        except (ValueError, NotImplementedError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if world > 1:

@@ -22,7 +22,7 @@ def run(args) -> int:
     from ..config import RecipeError, load_recipe
     from ..distributed import shutdown_distributed
     from ..registry import get_registry
-    from ..trainer import Trainer, format_summary
+    from ..trainer import Trainer
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -62,6 +62,29 @@ def run(args) -> int:
     if rank == 0:
         print(format_summary(summary))
     return 0
+
+
+def format_summary(summary: dict) -> str:
+    """The run summary as a few human-readable lines."""
+    lines = [f"run {summary['name']}: step {summary['step']} ({summary['steps_this_session']} this session) in "
+             f"{summary['seconds']:.1f} s"]
+    if summary.get("steps_per_second"):
+        lines.append(f"  {summary['steps_per_second']:.2f} steps/s, {summary['samples_per_second']:.1f} samples/s, "
+                     f"{summary['world_size']} process(es)")
+    if summary.get("best_valid_loss") is not None:
+        lines.append(f"  best validation loss {summary['best_valid_loss']:.4g}")
+    for split in ("train_data", "valid_data"):
+        data = summary.get(split)
+        if data:
+            skipped = data.get("skipped") or {}
+            total = sum(skipped.values())
+            detail = ", ".join(f"{n} {r}" for r, n in skipped.items())
+            lines.append(f"  {split.split('_')[0]} data: {data['files']} files ({data['hours']:.2f} h), skipped "
+                         f"{total}{f' ({detail})' if detail else ''}")
+            for reason, paths in (data.get("skipped_paths") or {}).items():
+                lines.extend(f"    skipped ({reason}): {p}" for p in paths[:10])
+    lines.append(f"  checkpoint {summary['last_checkpoint']}; run directory {summary['run_dir']}")
+    return "\n".join(lines)
 
 
 def register(sub) -> None:

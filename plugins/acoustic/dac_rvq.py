@@ -22,6 +22,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
@@ -153,6 +154,18 @@ class DACResidualQuantizer(AcousticQuantizer):
         The residual subtracts each layer's straight-through output, as EnCodec/X-Codec do."""
         residual, out = latent, torch.zeros_like(latent)
         codes, losses = [], []
+        if not self.training:
+            # inference: plain nearest-code search on the EMA codebooks (the codebook layers would only add
+            # bookkeeping here); ‖x‖² − 2x·e + ‖e‖² as in the reference, so ties break the same way
+            for layer in self.quantizer.layers[:num_quantizers]:
+                embed = layer.codebook.to(residual.dtype)
+                dist = residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ embed.t() + embed.pow(2).sum(-1)
+                indices = dist.argmin(-1)
+                quantized = F.embedding(indices, embed)
+                residual = residual - quantized
+                out = out + quantized
+                codes.append(indices)
+            return out, torch.stack(codes), latent.new_zeros(())
         for layer in self.quantizer.layers[:num_quantizers]:
             quantized, indices, loss = layer(residual)
             residual = residual - quantized

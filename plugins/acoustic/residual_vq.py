@@ -108,9 +108,12 @@ class ResidualQuantizer(AcousticQuantizer):
         return [TokenStream("acoustic", self.frame_rate, self.codebook_size)]
 
     def forward(self, waveform: Tensor, semantic: SemanticOutput) -> AcousticOutput:
-        residual = semantic.features - semantic.quantized
+        # front-ends that pad to whole windows (AudioMAE's 10.24 s) say how many frames are real
+        frames = semantic.extras.get("num_tokens", semantic.quantized.shape[-1])
+        anchor = semantic.quantized[..., :frames]
+        residual = semantic.features[..., :frames] - anchor
         q, tokens, commit = self.vq(self.activation(residual))
-        quantized = semantic.quantized + self.out_proj(q)
+        quantized = anchor + self.out_proj(q)
         used = torch.unique(tokens).numel()
         return AcousticOutput(quantized=quantized, tokens={"acoustic": tokens.long()},
                               losses={"commitment": commit.sum()},

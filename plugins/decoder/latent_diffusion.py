@@ -82,6 +82,8 @@ class LatentDiffusionDecoderConfig(PluginConfig):
     pad_value: float = Field(-1.0, description="context rows past the last token of the last window (reference)")
     window_batch_size: int = Field(4, gt=0, description="windows per UNet batch (peak memory is bounded by this)")
     precision: Literal["auto", "float32", "bfloat16"] = Field("auto", description="UNet/VAE; auto: bf16 on CUDA")
+    cache_context: bool = Field(True, description="compute cross-attention keys/values once per window, not per step")
+    channels_last: bool = Field(True, description="channels-last UNet/VAE convolutions (faster oneDNN/cuDNN paths)")
     vocoder_precision: Literal["float32", "bfloat16"] = "float32"
     # training
     cond_drop_prob: float = Field(0.1, ge=0, le=1, description="condition dropout for classifier-free guidance")
@@ -152,7 +154,12 @@ class LatentDiffusionDecoder(Decoder):
             attention_resolutions=tuple(cfg.attention_resolutions), num_head_channels=cfg.num_head_channels,
             context_dim=self.feature_dim + cfg.position_dim, transformer_depth=cfg.transformer_depth,
             extra_self_attention=cfg.extra_self_attention)
+        if cfg.cache_context:
+            self.unet.cache_context()
         self.vae = build_vae(self.vae_spec, encoder=cfg.vae_encoder).requires_grad_(False).eval()
+        if cfg.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
         self.vocoder = build_hifigan(self.vocoder_spec).requires_grad_(False).eval()
         self.mel = AudioLDMMel(self.vocoder_rate, hop_length=hop, mel_bins=cfg.mel_bins) if cfg.vae_encoder else None
         self.register_buffer("scale_factor", torch.tensor(float(cfg.scale_factor)))
@@ -248,13 +255,16 @@ class LatentDiffusionDecoder(Decoder):
             return nullcontext()
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
-    def _noise(self, seeds: list[tuple[int, int]], shape: tuple[int, ...], generators: list | None) -> Tensor:
+    def _noise(self, count: int, generators: list | None) -> Tensor:
+        """Tensor[count x latent shape]: one draw per window from its own CPU generator (device-independent)."""
         device = self.position_table.device
         if generators is None:
-            return torch.randn(len(seeds), *shape, device=device)
-        return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+            return torch.randn(count, *self.latent_shape, device=device)
+        return torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators]).to(device)
 
     def _generators(self, ids: list[tuple[int, int]]) -> list | None:
+        """One generator per (item, window), seeded from ``seed`` and the pair, so a window's noise does not depend
+        on which other windows share its batch."""
         if self.cfg.seed is None:
             return None
         return [torch.Generator().manual_seed(int(np.random.SeedSequence([self.cfg.seed, b, w]).generate_state(1)[0]))
@@ -268,12 +278,12 @@ class LatentDiffusionDecoder(Decoder):
 
         ``step_noise(i) -> Tensor`` supplies DDIM's η-noise at step i (seeded per window by default).
         """
-        from .diffusion_schedule import make_scheduler, set_timesteps
+        from .diffusion_schedule import default_spacing, make_scheduler, set_timesteps
 
         cfg = self.cfg
         steps, guidance = steps or cfg.steps, cfg.guidance_scale if guidance_scale is None else guidance_scale
         eta, sampler = cfg.eta if eta is None else eta, sampler or cfg.sampler
-        spacing = cfg.timestep_spacing or ("trailing" if cfg.noise_schedule == "zero_snr_cosine" else "leading")
+        spacing = cfg.timestep_spacing or default_spacing(cfg.noise_schedule)
         scheduler = make_scheduler(sampler, cfg.noise_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end,
                                    timestep_spacing=spacing)
         timesteps = set_timesteps(scheduler, steps, spacing, device=x_T.device)
@@ -282,6 +292,16 @@ class LatentDiffusionDecoder(Decoder):
         ctx = torch.cat([self.context(context, torch.ones(len(context), dtype=torch.bool, device=context.device)),
                          self.context(context)]) if guided else self.context(context)
         x = x_T.float()
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        try:
+            return self._denoise(x, ctx, timesteps, scheduler, guidance, eta, sampler, step_noise)
+        finally:
+            self.unet.clear_context_cache()
+
+    def _denoise(self, x: Tensor, ctx: Tensor, timesteps: Tensor, scheduler, guidance: float, eta: float,
+                 sampler: str, step_noise) -> Tensor:
+        cfg, guided = self.cfg, guidance != 1.0
         for i, t in enumerate(timesteps):
             with self._autocast(cfg.precision):
                 v = self.unet(torch.cat([x, x]) if guided else x, t, encoder_hidden_states=ctx).sample.float()
@@ -317,8 +337,8 @@ class LatentDiffusionDecoder(Decoder):
         ids = ids or [(0, i) for i in range(len(windows))]
         generators = self._generators(ids)
         if x_T is None:
-            x_T = self._noise(ids, self.latent_shape, generators)
-        step_noise = None if generators is None else (lambda i: self._noise(ids, self.latent_shape, generators))
+            x_T = self._noise(len(ids), generators)
+        step_noise = None if generators is None else (lambda i: self._noise(len(ids), generators))
         sample_kwargs.setdefault("step_noise", step_noise)
         return self.latents_to_waveform(self.sample_latents(windows, x_T, **sample_kwargs))
 
@@ -327,21 +347,47 @@ class LatentDiffusionDecoder(Decoder):
 
     @torch.no_grad()
     def synthesize(self, features: Tensor, num_samples: int, **sample_kwargs) -> Tensor:
-        """features : Tensor[B x T x F] → Tensor[B x 1 x num_samples] at the codec's sample rate.
+        """features : Tensor[B x T x F] → Tensor[B x 1 x num_samples] at the codec's sample rate."""
+        return self._synthesize(lambda i, start, stop: features[i, start:stop], features.shape[0], features.shape[1],
+                                num_samples, features.device, **sample_kwargs)
 
-        Windows of every item are decoded ``window_batch_size`` at a time and cross-faded straight into the output
-        buffer, so memory beyond the output does not grow with duration.
+    @torch.no_grad()
+    def decode_tokens(self, tokens: dict[str, Tensor], semantic_slot, acoustic_slot, num_samples: int,
+                      **sample_kwargs) -> Tensor:
+        """Streaming decode: ``{stream: LongTensor[B x T]}`` → Tensor[B x 1 x num_samples].
+
+        Features are looked up window by window through the slots' ``from_tokens`` (pointwise lookups), so memory
+        beyond the output buffer stays bounded by ``window_batch_size`` however long the input is.
         """
-        b, t, _ = features.shape
-        starts = self.window_starts(t)
+        semantic_names = {s.name for s in semantic_slot.streams()}
+        lengths = {v.shape[:2] for v in tokens.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"token streams differ in shape: { {k: tuple(v.shape) for k, v in tokens.items()} }")
+        (b, t), = lengths
+
+        def rows(i: int, start: int, stop: int) -> Tensor:
+            part = {k: v[i:i + 1, start:stop] for k, v in tokens.items()}
+            sem = semantic_slot.from_tokens({k: v for k, v in part.items() if k in semantic_names})
+            ac = acoustic_slot.from_tokens({k: v for k, v in part.items() if k not in semantic_names}, sem)
+            return self.condition_features(sem, ac)[0]
+
+        device = next(iter(tokens.values())).device
+        return self._synthesize(rows, b, t, num_samples, device, **sample_kwargs)
+
+    def _synthesize(self, rows, batch: int, num_tokens: int, num_samples: int, device: torch.device,
+                    **sample_kwargs) -> Tensor:
+        """``rows(item, start, stop) -> Tensor[n x F]``. Windows of every item are decoded ``window_batch_size`` at
+        a time and cross-faded straight into the output buffer."""
+        starts = self.window_starts(num_tokens)
         hop_samples = (self.window_tokens - self.overlap_tokens) * self.samples_per_token
         overlap = self.overlap_tokens * self.samples_per_token
-        out = features.new_zeros(b, (len(starts) - 1) * hop_samples + self.window_samples, dtype=torch.float32)
-        fade_in = torch.from_numpy(np.linspace(0, 1, overlap)).float().to(out.device)
-        jobs = [(i, w) for i in range(b) for w in range(len(starts))]
+        out = torch.zeros(batch, (len(starts) - 1) * hop_samples + self.window_samples, device=device)
+        fade_in = torch.from_numpy(np.linspace(0, 1, overlap)).float().to(device)
+        jobs = [(i, w) for i in range(batch) for w in range(len(starts))]
         for chunk in range(0, len(jobs), self.cfg.window_batch_size):
             ids = jobs[chunk: chunk + self.cfg.window_batch_size]
-            windows = torch.stack([self._window(features[i], starts[w]) for i, w in ids])
+            windows = torch.stack([self._window(rows(i, starts[w], starts[w] + self.window_tokens))
+                                   for i, w in ids])
             wav = self.decode_windows(windows, ids, **sample_kwargs)
             for (i, w), y in zip(ids, wav):
                 if overlap and w > 0:
@@ -356,9 +402,8 @@ class LatentDiffusionDecoder(Decoder):
         out = out[:, :num_samples]
         return F.pad(out, (0, num_samples - out.shape[-1]))[:, None]
 
-    def _window(self, features: Tensor, start: int) -> Tensor:
-        """One window's rows, right-padded with ``pad_value`` to ``window_tokens``."""
-        rows = features[start: start + self.window_tokens]
+    def _window(self, rows: Tensor) -> Tensor:
+        """One window's rows Tensor[n x F], right-padded with ``pad_value`` to ``window_tokens``."""
         return F.pad(rows, (0, 0, 0, self.window_tokens - rows.shape[0]), value=self.cfg.pad_value)
 
     # -- training ------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ clamped dB magnitude (``domain='double'``), to a 2-D conv stack of seven reflect
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -77,8 +78,10 @@ class MultiFrequencyDiscriminator(nn.Module):
             self.register_buffer(f"window_{hop}", torch.hann_window(n_fft), persistent=False)
             if cfg.mel_scale:
                 n_freqs = n_fft // 2 + 1
-                fb = torchaudio.functional.melscale_fbanks(n_freqs, 0.0, float(sample_rate // 2), n_freqs,
-                                                           sample_rate, norm=None, mel_scale="htk")
+                with warnings.catch_warnings():  # as many bands as bins: the lowest are empty by design
+                    warnings.simplefilter("ignore", UserWarning)
+                    fb = torchaudio.functional.melscale_fbanks(n_freqs, 0.0, float(sample_rate // 2), n_freqs,
+                                                               sample_rate, norm=None, mel_scale="htk")
                 # the reference clamps its filterbank to [1e-6, 1]: empty low bands keep a tiny weight
                 self.register_buffer(f"mel_{hop}", fb.clamp(1e-6, 1), persistent=False)
         channels = 2 if cfg.domain == "double" else 1

@@ -84,6 +84,8 @@ class AnchorCodebook(nn.Module):
     rotations have orthonormal rows, so this is the least-squares inverse).
     """
 
+    static_buffers = True  # frozen: distributed training need not re-broadcast the tables
+
     def __init__(self, codebook_size: int, teacher_dim: int, codebook_dim: int | None = None) -> None:
         super().__init__()
         codebook_dim = codebook_dim or teacher_dim

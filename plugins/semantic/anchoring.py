@@ -32,19 +32,22 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from codecfw import hookimpl
-from codecfw.core.config import PluginConfig, StrictModel
+from codecfw.core.config import PluginConfig
 from codecfw.core.types import BuildContext, SemanticFrontend, SemanticOutput, TokenStream
 from codecfw.plugins.acoustic.dac_blocks import DACEncoder
 from codecfw.plugins.semantic.anchor_codebook import AnchorCodebook, load_codebook_file
+from codecfw.plugins.semantic.ssl_teacher import HiddenStateReader, TeacherSettings, load_teacher
 
 MHUBERT_ID = "utter-project/mHuBERT-147-base-2nd-iter"
 
 
-class AnchorTeacherConfig(StrictModel):
-    """The frozen SSL model whose features the projector is pulled towards (training only)."""
+class AnchorTeacherConfig(TeacherSettings):
+    """The frozen SSL model whose features the projector is pulled towards (training and clustering only).
+    Defaults: mHuBERT-147 2nd iteration, hidden state 9, per-utterance input normalisation."""
 
     model: str = Field(MHUBERT_ID, description="hub id or local folder of a transformers HubertModel-compatible model")
-    layer: int = Field(9, ge=0, description="hidden_states index (0 = after the feature projection)")
+    layers: Literal["mean"] | int | list[int] = Field(9, description="hidden_states index (0 = embedding output); "
+                                                                      "the released k-means index used layer 9")
     normalize: bool = Field(True, description="per-utterance zero-mean/unit-variance input (mHuBERT's do_normalize)")
 
 
@@ -91,12 +94,13 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         self.codebook = AnchorCodebook(cfg.codebook_size, cfg.teacher_dim, cfg.codebook_dim)
         if cfg.codebook:
             self.codebook.load(load_codebook_file(cfg.codebook), source=cfg.codebook)
-        self.teacher = None
+        self.teacher = self.reader = None
         if cfg.teacher is not None:
-            from codecfw.plugins.semantic.ssl_teacher import SSLTeacher
-
-            self.teacher = SSLTeacher(cfg.teacher.model, layers=[cfg.teacher.layer], normalize=cfg.teacher.normalize,
-                                      sample_rate=sample_rate)
+            self.teacher = load_teacher(cfg.teacher)
+            self.reader = HiddenStateReader(cfg.teacher, self.teacher, sample_rate)
+            if self.reader.dim != cfg.teacher_dim:
+                raise ValueError(f"semantic.teacher_dim is {cfg.teacher_dim} but the teacher {cfg.teacher.model!r} "
+                                 f"has hidden size {self.reader.dim}")
 
     def streams(self) -> list[TokenStream]:
         return [TokenStream("semantic", self.frame_rate, self.cfg.codebook_size)]
@@ -120,7 +124,7 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         metrics["semantic_usage"] = (counts > 0).float().mean()
         metrics["semantic_perplexity"] = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
         if self.training and self.teacher is not None:
-            target = self.teacher(waveform)  # B x D_teacher x T'
+            target = self.reader(self.teacher, waveform)  # B x D_teacher x T'
             target = F.interpolate(target, size=projected.shape[1], mode="linear", align_corners=False) \
                 if target.shape[-1] != projected.shape[1] else target
             losses["anchoring"] = F.mse_loss(projected, target.transpose(1, 2).to(projected.dtype))
@@ -135,7 +139,13 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         """The teacher's features, Tensor[B x D_teacher x T]: what ``codecfw cluster`` fits the frozen codebook on."""
         if self.teacher is None:
             raise ValueError("semantic.teacher is null: clustering needs the teacher whose units the codebook holds")
-        return self.teacher(waveform)
+        return self.reader(self.teacher, waveform)
+
+    def train(self, mode: bool = True) -> SemanticAnchoringFrontend:
+        super().train(mode)
+        if self.teacher is not None:  # the teacher is frozen: no dropout or masking on the anchoring target
+            self.teacher.train(mode and self.cfg.teacher.teacher_train_mode)
+        return self
 
 
 @hookimpl

@@ -75,6 +75,8 @@ class KMeansCodebooks(nn.Module):
         Rows per distance matmul; bounds the ``[rows x V]`` distance matrix for long inputs.
     """
 
+    static_buffers = True  # frozen: distributed training need not re-broadcast the tables
+
     def __init__(self, dim: int, sizes: list[int], paths: list[str | None] | None = None, seed: int = 0,
                  chunk_rows: int = 4096) -> None:
         super().__init__()

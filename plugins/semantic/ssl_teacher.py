@@ -49,10 +49,10 @@ class SemanticEncoderConfig(StrictModel):
     unit_kernel_size: int = Field(3, gt=0)
 
 
-class SSLTeacherConfig(PluginConfig):
-    """A frozen transformers SSL model as the semantic teacher, plus X-Codec's semantic conv encoder."""
+class TeacherSettings(StrictModel):
+    """Which frozen transformers SSL model to load and which of its hidden states to read. Shared by every front-end
+    that uses a teacher (X-Codec's ``ssl_teacher``, SACodec's ``semantic_anchoring``)."""
 
-    kind: Literal["ssl_teacher"] = "ssl_teacher"
     model: str = Field("facebook/hubert-base-ls960",
                        description="hub id (facebook/hubert-base-ls960, microsoft/wavlm-base-plus, "
                                    "utter-project/mHuBERT-147, ZhenYe234/hubert_base_general_audio) or local directory")
@@ -77,6 +77,12 @@ class SSLTeacherConfig(PluginConfig):
     teacher_sample_rate: int = Field(16000, gt=0, description="the rate the teacher was trained at")
     hop_length: int | None = Field(None, gt=0, description="teacher samples per frame; default: product of "
                                                            "the teacher config's conv_stride")
+
+
+class SSLTeacherConfig(TeacherSettings, PluginConfig):
+    """A frozen transformers SSL model as the semantic teacher, plus X-Codec's semantic conv encoder."""
+
+    kind: Literal["ssl_teacher"] = "ssl_teacher"
     encoder: SemanticEncoderConfig = Field(default_factory=SemanticEncoderConfig)
 
 
@@ -92,7 +98,7 @@ def _model_class(name: str):
     return getattr(transformers, _MODEL_CLASSES[name])
 
 
-def load_teacher(cfg: SSLTeacherConfig) -> nn.Module:
+def load_teacher(cfg: TeacherSettings) -> nn.Module:
     """The transformers model named by ``cfg`` (see :class:`SSLTeacherConfig`), frozen, in eval mode."""
     import transformers
 
@@ -129,37 +135,28 @@ def load_teacher(cfg: SSLTeacherConfig) -> nn.Module:
     return model.eval()
 
 
-class SSLTeacherFrontend(SemanticFrontend):
-    """Frozen SSL teacher → layer selection → :class:`SemanticEncoder`.
+class HiddenStateReader:
+    """Reads the chosen hidden states of a loaded teacher (see :class:`TeacherSettings`).
 
-    waveform : Tensor[B x 1 x N] → ``SemanticOutput(features=Tensor[B x C x T], extras={"teacher_features":
-    Tensor[B x H x T]})`` with ``T = ceil(N / hop)``: the waveform is right-padded to a whole number of hops, then
-    padded by ``padding`` on both sides, so that the teacher's frames line up with a conv encoder of the same hop.
+    waveform : Tensor[B x 1 x N] → Tensor[B x H x ceil(N / hop)]: the waveform is right-padded to a whole number of
+    hops, then padded by ``padding`` on both sides, so that the teacher's frames line up with a conv encoder of the
+    same hop.
     """
 
-    def __init__(self, cfg: SSLTeacherConfig, sample_rate: int) -> None:
-        super().__init__()
+    def __init__(self, cfg: TeacherSettings, teacher: nn.Module, sample_rate: int) -> None:
         if sample_rate != cfg.teacher_sample_rate:
             raise ValueError(f"semantic: the codec runs at {sample_rate} Hz but the teacher {cfg.model!r} expects "
-                             f"{cfg.teacher_sample_rate} Hz (set sample_rate or semantic.teacher_sample_rate)")
-        self.cfg = cfg
-        self.teacher = load_teacher(cfg)
-        tcfg = self.teacher.config
-        self.teacher_dim = int(tcfg.hidden_size)
+                             f"{cfg.teacher_sample_rate} Hz (set sample_rate or the teacher's teacher_sample_rate)")
+        tcfg = teacher.config
+        self.dim = int(tcfg.hidden_size)
         stride = cfg.hop_length or (math.prod(tcfg.conv_stride) if hasattr(tcfg, "conv_stride") else None)
         if stride is None:
             raise ValueError(f"semantic.hop_length: the teacher {cfg.model!r} has no conv_stride; set hop_length")
-        self.teacher_hop = int(stride)
-        self.padding = cfg.padding if cfg.padding is not None else self.teacher_hop // 2
+        self.hop = int(stride)
+        self.padding = cfg.padding if cfg.padding is not None else self.hop // 2
+        self.normalize = cfg.normalize
         self.num_hidden_states = int(tcfg.num_hidden_layers) + 1
         self.layer_indices = self._resolve_layers(cfg.layers)
-        enc = cfg.encoder
-        self.encoder = SemanticEncoder(self.teacher_dim, enc.channels or self.teacher_dim, enc.channel_ratios,
-                                       enc.strides, enc.kernel_size, enc.block_dilations, enc.unit_kernel_size)
-        self.feature_dim = self.encoder.out_channels
-        self.quantized_dim = 0
-        self.hop_length = self.teacher_hop * math.prod(enc.strides)
-        self.frame_rate = sample_rate / self.hop_length
 
     def _resolve_layers(self, layers: str | int | list[int]) -> list[int]:
         n = self.num_hidden_states
@@ -172,23 +169,16 @@ class SSLTeacherFrontend(SemanticFrontend):
                              f"(0 = embedding output .. {n - 1} = last layer)")
         return [i % n for i in chosen]
 
-    def train(self, mode: bool = True) -> SSLTeacherFrontend:
-        super().train(mode)
-        # nn.Module.train recurses into the teacher; keep it deterministic unless the quirk is asked for
-        self.teacher.train(mode and self.cfg.teacher_train_mode)
-        return self
-
     @torch.no_grad()
-    def teacher_features(self, waveform: Tensor) -> Tensor:
-        """waveform : Tensor[B x 1 x N] → the selected/averaged hidden states, Tensor[B x H x ceil(N / hop)]."""
+    def __call__(self, teacher: nn.Module, waveform: Tensor) -> Tensor:
         if waveform.dim() != 3 or waveform.shape[1] != 1:
             raise ValueError(f"semantic: expected a mono waveform Tensor[B x 1 x N], got shape {tuple(waveform.shape)}")
         x = waveform[:, 0].float()
-        frames = math.ceil(x.shape[-1] / self.teacher_hop)
-        if self.cfg.normalize:
+        frames = math.ceil(x.shape[-1] / self.hop)
+        if self.normalize:
             x = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-7)
-        x = F.pad(x, (self.padding, frames * self.teacher_hop - x.shape[-1] + self.padding))
-        hidden = self.teacher(x, output_hidden_states=True).hidden_states
+        x = F.pad(x, (self.padding, frames * self.hop - x.shape[-1] + self.padding))
+        hidden = teacher(x, output_hidden_states=True).hidden_states
         if len(self.layer_indices) == len(hidden):
             feats = torch.stack(hidden, 1).mean(1)
         elif len(self.layer_indices) == 1:
@@ -199,6 +189,38 @@ class SSLTeacherFrontend(SemanticFrontend):
         if feats.shape[-1] < frames:  # a teacher with a wider receptive field: repeat its last frame
             feats = F.pad(feats, (0, frames - feats.shape[-1]), mode="replicate")
         return feats[..., :frames]
+
+
+class SSLTeacherFrontend(SemanticFrontend):
+    """Frozen SSL teacher → layer selection → :class:`SemanticEncoder`.
+
+    waveform : Tensor[B x 1 x N] → ``SemanticOutput(features=Tensor[B x C x T], extras={"teacher_features":
+    Tensor[B x H x T]})`` with ``T = ceil(N / hop)`` (see :class:`HiddenStateReader`).
+    """
+
+    def __init__(self, cfg: SSLTeacherConfig, sample_rate: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.teacher = load_teacher(cfg)
+        self.reader = HiddenStateReader(cfg, self.teacher, sample_rate)
+        self.teacher_dim = self.reader.dim
+        enc = cfg.encoder
+        self.encoder = SemanticEncoder(self.teacher_dim, enc.channels or self.teacher_dim, enc.channel_ratios,
+                                       enc.strides, enc.kernel_size, enc.block_dilations, enc.unit_kernel_size)
+        self.feature_dim = self.encoder.out_channels
+        self.quantized_dim = 0
+        self.hop_length = self.reader.hop * math.prod(enc.strides)
+        self.frame_rate = sample_rate / self.hop_length
+
+    def train(self, mode: bool = True) -> SSLTeacherFrontend:
+        super().train(mode)
+        # nn.Module.train recurses into the teacher; keep it deterministic unless the quirk is asked for
+        self.teacher.train(mode and self.cfg.teacher_train_mode)
+        return self
+
+    def teacher_features(self, waveform: Tensor) -> Tensor:
+        """waveform : Tensor[B x 1 x N] → the selected/averaged hidden states, Tensor[B x H x ceil(N / hop)]."""
+        return self.reader(self.teacher, waveform)
 
     def forward(self, waveform: Tensor) -> SemanticOutput:
         target = self.teacher_features(waveform)

@@ -1,0 +1,295 @@
+"""SemantiCodec decode speed: codecfw against the reference pipeline on the same weights and step count, and peak
+memory for a long input.
+
+    .venv/bin/python benchmarks/semanticodec_speed.py [--small] [--reference-path PATH] [--threads N]
+
+- ``--reference-path``: a checkout of haoheliu/SemantiCodec-inference (e.g. fetched to /work/.mirror). Its
+  ``SemantiCodec.decode`` is timed on the same random weights (the reference's own state dict, converted with
+  codecfw's official-checkpoint mapping) and tokens; without it only codecfw's figures are printed. The reference
+  needs ``timm`` only for imports its decoder never runs; a stand-in is put on ``sys.path`` when timm is missing.
+- Decode: DDIM with ``--steps`` steps and guidance 2 for both (the reference's defaults: 50 steps, guidance 2),
+  then codecfw with ``--fast-sampler`` at ``--fast-steps``.
+- Memory: codecfw's streaming ``decode_tokens`` on 1 and ``--memory-minutes`` minutes of tokens (1 step, in
+  fresh processes); the growth of the peak RSS over a one-window warm-up is compared with the output buffer.
+- ``--small``: the fixtures' reduced architecture and 10 steps (a quick run); the memory check always uses it
+  unless ``--memory-full``, since a full-size 10-minute decode takes hours on a CPU.
+
+Timings on a shared machine are noisy: both pipelines run in the same process, alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = dict(model_channels=32, channel_mult=[1, 2], attention_resolutions=[2], num_head_channels=16,
+             num_res_blocks=1, vae_channels=32, vae_num_res_blocks=1, vocoder_channels=64)
+SAMPLE_RATE = 16000
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared weights and tokens
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
+    """Redraw every parameter at the parity fixtures' scales (fan-in normal weights, small biases, norms near 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            t = torch.randn(p.shape, generator=gen)
+            p.copy_(t / p[0].numel() ** 0.5 if p.ndim >= 2 else 0.02 * t if name.endswith("bias") else 1 + 0.1 * t)
+
+
+class TableSlot:
+    """A semantic or acoustic slot that only looks tokens up in a table (what decoding needs)."""
+
+    def __init__(self, name: str, table: torch.Tensor, rate: float) -> None:
+        self.name, self.table = name, table
+        self.quantized_dim, self.frame_rate = table.shape[1], rate
+
+    def streams(self):
+        from codecfw.core.types import TokenStream
+
+        return [TokenStream(self.name, self.frame_rate, self.table.shape[0])]
+
+    def from_tokens(self, tokens, semantic=None):
+        from codecfw.core.types import AcousticOutput, SemanticOutput
+
+        q = self.table[tokens[self.name]].transpose(1, 2)
+        return SemanticOutput(quantized=q) if semantic is None else AcousticOutput(quantized=q)
+
+
+def codecfw_decoder(small: bool, k: int, steps: int, sem: TableSlot, ac: TableSlot, official_state=None, **over):
+    from codecfw.core.types import BuildContext
+    from codecfw.plugins.decoder.latent_diffusion import LatentDiffusionDecoder, LatentDiffusionDecoderConfig
+
+    cfg = LatentDiffusionDecoderConfig(**(SMALL if small else {}), vae_encoder=False, steps=steps, **over)
+    dec = LatentDiffusionDecoder(cfg, BuildContext(SAMPLE_RATE, sem, ac)).eval()
+    if official_state is None:
+        randomize_(dec)
+    else:
+        dec.load_state_dict(dec.convert_official(official_state), strict=True)
+    return dec
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The reference
+# ---------------------------------------------------------------------------------------------------------------
+
+
+TIMM_STANDIN = {
+    "timm/__init__.py": "",
+    "timm/models/__init__.py": "",
+    "timm/models/layers.py": "def to_2tuple(x):\n    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)\n",
+    "timm/models/vision_transformer.py": (
+        "class Block:\n    def __init__(self, *args, **kwargs):\n"
+        "        raise NotImplementedError('timm stand-in: the benchmark only runs the reference decoder')\n"),
+}
+
+
+def import_reference(path: str):
+    """Put the reference checkout (and, if timm is missing, an import-only stand-in) on sys.path."""
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        shim = Path(tempfile.mkdtemp(prefix="timm_standin_"))
+        for rel, text in TIMM_STANDIN.items():
+            (shim / rel).parent.mkdir(parents=True, exist_ok=True)
+            (shim / rel).write_text(text)
+        sys.path.insert(0, str(shim))
+    sys.path.insert(0, str(Path(path).resolve()))
+    import semanticodec.main as main
+
+    return main
+
+
+def reference_codec(main, small: bool, token_rate: int, steps: int, sem_table, ac_table):
+    """``SemantiCodec`` built without checkpoints: random decoder weights and an encoder shell holding the token
+    tables (all that ``decode`` uses)."""
+    import semanticodec.modules.decoder.latent_encoder.autoencoder as autoencoder
+    from semanticodec.modules.decoder import hifigan
+    from semanticodec.modules.decoder.latent_diffusion.util import instantiate_from_config
+    from semanticodec.modules.encoder.encoder import AudioMAEConditionQuantResEncoder
+    from vector_quantize_pytorch import VectorQuantize
+
+    config = main.get_config(token_rate, 16384)[0]["model"]
+    if small:
+        config["params"]["unet_config"]["params"].update(
+            model_channels=32, channel_mult=[1, 2], attention_resolutions=[2], num_head_channels=16, num_res_blocks=1)
+        config["params"]["first_stage_config"]["params"]["ddconfig"].update(ch=32, num_res_blocks=1)
+        original = autoencoder.get_vocoder
+
+        def small_vocoder(cfg, device, mel_bins):
+            voc = hifigan.Generator_old(hifigan.AttrDict(dict(
+                resblock="1", upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
+                upsample_initial_channel=64, resblock_kernel_sizes=[3, 7, 11],
+                resblock_dilation_sizes=[[1, 3, 5]] * 3, num_mels=mel_bins)))
+            voc.eval().remove_weight_norm()
+            return voc
+
+        autoencoder.get_vocoder = small_vocoder
+    try:
+        decoder = instantiate_from_config(config).eval()
+    finally:
+        if small:
+            autoencoder.get_vocoder = original
+    randomize_(decoder, seed=1)
+    encoder = AudioMAEConditionQuantResEncoder.__new__(AudioMAEConditionQuantResEncoder)
+    torch.nn.Module.__init__(encoder)
+    encoder.centroid_npy = sem_table
+    encoder.quantizer = VectorQuantize(dim=ac_table.shape[1], codebook_size=ac_table.shape[0], decay=0.9)
+    encoder.quantizer._codebook.embed.data.copy_(ac_table[None])
+    sc = main.SemantiCodec.__new__(main.SemantiCodec)
+    torch.nn.Module.__init__(sc)
+    sc.token_rate, sc.stack_factor_K, sc.ddim_sample_step, sc.cfg_scale = token_rate, 100 / token_rate, steps, 2.0
+    sc.device, sc.encoder, sc.decoder = torch.device("cpu"), encoder, decoder
+    return sc
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def timed(fn, repeats: int = 1) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def memory_child(args) -> None:
+    """One fresh process: warm up on one window, then decode ``--memory-child`` seconds of tokens; print RSS."""
+    k = 100 // args.token_rate
+    torch.manual_seed(0)
+    width = (64 if not args.memory_full else 768) * k
+    sem, ac = TableSlot("semantic", torch.randn(256, width), 50 / k), TableSlot("acoustic", torch.randn(256, width), 50 / k)
+    dec = codecfw_decoder(not args.memory_full, k, 1, sem, ac, window_batch_size=args.window_batch_size)
+
+    def run(seconds: float) -> torch.Tensor:
+        t = int(seconds * 50 / k)
+        tokens = {"semantic": torch.randint(0, 256, (1, t)), "acoustic": torch.randint(0, 256, (1, t))}
+        return dec.decode_tokens(tokens, sem, ac, int(seconds * SAMPLE_RATE))
+
+    run(10.24)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    out = run(args.memory_child)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": args.memory_child, "baseline_mb": base / 1024, "peak_mb": peak / 1024,
+                      "output_mb": out.numel() * out.element_size() / 2 ** 20, "wall_s": time.perf_counter() - t0}))
+
+
+def memory_report(args) -> None:
+    results = []
+    for seconds in (60.0, 60.0 * args.memory_minutes):
+        cmd = [sys.executable, __file__, "--memory-child", str(seconds), "--token-rate", str(args.token_rate),
+               "--threads", str(args.threads), "--window-batch-size", str(args.window_batch_size)]
+        cmd += ["--memory-full"] if args.memory_full else []
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if proc.returncode:
+            print(f"memory run failed ({seconds} s):\n{proc.stderr[-2000:]}")
+            return
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    arch = "full-size" if args.memory_full else "reduced (fixture) architecture"
+    print(f"\npeak memory, codecfw decode_tokens ({arch}, 1 step, window batch {args.window_batch_size}):")
+    for r in results:
+        growth = r["peak_mb"] - r["baseline_mb"]
+        print(f"  {r['seconds'] / 60:5.1f} min input: peak RSS {r['peak_mb']:8.1f} MB, growth over a one-window "
+              f"decode {growth:7.1f} MB, output buffer {r['output_mb']:6.1f} MB ({r['wall_s']:.0f} s)")
+    extra = [r["peak_mb"] - r["baseline_mb"] - r["output_mb"] for r in results]
+    print(f"  growth beyond the output buffer: {extra[0]:.1f} MB (1 min) vs {extra[1]:.1f} MB "
+          f"({args.memory_minutes:g} min)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", action="store_true", help="reduced architecture, 10 steps")
+    parser.add_argument("--reference-path", help="SemantiCodec-inference checkout to time the reference")
+    parser.add_argument("--token-rate", type=int, default=100, choices=[25, 50, 100])
+    parser.add_argument("--seconds", type=float, default=None, help="audio to decode (default 20, --small 10.24)")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps for both (default 50, --small 10)")
+    parser.add_argument("--fast-sampler", default="dpmsolver++", choices=["dpmsolver++", "unipc", "ddim"])
+    parser.add_argument("--fast-steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--window-batch-size", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--memory-minutes", type=float, default=10.0)
+    parser.add_argument("--memory-full", action="store_true", help="full-size model for the memory check")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-child", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        return memory_child(args)
+    seconds = args.seconds or (10.24 if args.small else 20.0)
+    steps = args.steps or (10 if args.small else 50)
+    k = 100 // args.token_rate
+    rate, width = 50 / k, 768 * k
+    torch.manual_seed(0)
+    sem = TableSlot("semantic", torch.randn(4096, width), rate)
+    ac = TableSlot("acoustic", torch.randn(8192, width), rate)
+    t = int(round(seconds * rate))
+    tokens = {"semantic": torch.randint(0, 4096, (1, t)), "acoustic": torch.randint(0, 8192, (1, t))}
+    num_samples = int(((t / 8) * 16 * 0.01 * k) * SAMPLE_RATE)  # the reference's trim
+    print(f"SemantiCodec decode benchmark: {args.token_rate} tokens/s, {'reduced' if args.small else 'full-size'} "
+          f"decoder, {seconds:g} s ({t} tokens a stream), DDIM {steps} steps, guidance 2.0")
+    print(f"device cpu, {args.threads} thread(s), torch {torch.__version__}; timings on a shared machine are noisy")
+
+    ref = None
+    if args.reference_path:
+        main_mod = import_reference(args.reference_path)
+        ref = reference_codec(main_mod, args.small, args.token_rate, steps, sem.table, ac.table)
+        official = ref.decoder.state_dict()
+        dec = codecfw_decoder(args.small, k, steps, sem, ac, official, window_batch_size=args.window_batch_size)
+        ref_tokens = torch.stack([tokens["semantic"], tokens["acoustic"]], -1)
+    else:
+        dec = codecfw_decoder(args.small, k, steps, sem, ac, window_batch_size=args.window_batch_size)
+    print(f"codecfw decoder: {sum(p.numel() for p in dec.parameters()) / 1e6:.1f}M parameters, "
+          f"{len(dec.window_starts(t))} window(s)")
+
+    with torch.no_grad():
+        ours_fn = lambda: dec.decode_tokens(tokens, sem, ac, num_samples)  # noqa: E731
+        if ref is not None:
+            devnull = open(os.devnull, "w")
+            stdout, stderr = sys.stdout, sys.stderr
+
+            def ref_fn():
+                sys.stdout = sys.stderr = devnull  # the reference prints progress bars
+                try:
+                    return ref.decode(ref_tokens)
+                finally:
+                    sys.stdout, sys.stderr = stdout, stderr
+
+            ref_s, ref_out = timed(ref_fn, args.repeats)
+            ours_s, ours_out = timed(ours_fn, args.repeats)
+            print(f"\nreference SemantiCodec.decode   {ref_s:8.1f} s   ({ref_out.shape[-1]} samples)")
+            print(f"codecfw decode_tokens           {ours_s:8.1f} s   ({ours_out.shape[-1]} samples)")
+            print(f"speed-up at equal steps         {ref_s / ours_s:8.2f}x")
+        else:
+            ours_s, ours_out = timed(ours_fn, args.repeats)
+            print(f"\ncodecfw decode_tokens           {ours_s:8.1f} s   ({ours_out.shape[-1]} samples)")
+        print(f"  real-time factor              {seconds / ours_s:8.3f}x")
+        fast_s, _ = timed(lambda: dec.decode_tokens(tokens, sem, ac, num_samples, sampler=args.fast_sampler,
+                                                    steps=args.fast_steps), args.repeats)
+        print(f"codecfw {args.fast_sampler} {args.fast_steps} steps  {fast_s:8.1f} s"
+              + (f"   ({ref_s / fast_s:.2f}x the reference at {steps} steps)" if ref is not None else ""))
+    if not args.skip_memory:
+        memory_report(args)
+
+
+if __name__ == "__main__":
+    main()
