@@ -107,6 +107,18 @@ def recipe_diff(base: dict[str, Any], other: dict[str, Any], ignore: tuple[str, 
             .replace("\n...", "") for k in keys if a.get(k, object()) != b.get(k, object()) and k not in ignore]
 
 
+def summarise_changes(changes: list[str], limit: int = 6) -> str:
+    """The table's ``changes`` cell: every change when few; else the swapped kinds and a count (the full list is in
+    ablation.json)."""
+    if not changes:
+        return "–"
+    if len(changes) <= limit:
+        return "; ".join(changes)
+    kinds = [c for c in changes if c.split("=", 1)[0].endswith(".kind")]
+    shown = kinds[:limit] if kinds else changes[:limit]
+    return "; ".join(shown) + f"; … ({len(changes) - len(shown)} more keys differ)"
+
+
 def run_ablation(base: str, variants: Sequence[Variant], out_dir: str | Path, *, data: str | None = None,
                  train: bool = False, steps: int | None = None, metrics: Sequence[str] | None = None,
                  overrides: Sequence[str] = (), registry: Any = None, device: str = "cpu",
@@ -135,7 +147,7 @@ def run_ablation(base: str, variants: Sequence[Variant], out_dir: str | Path, *,
         try:
             recipe = load_recipe(variant.recipe, [*extra, *variant.overrides], registry)
             record["changes"] = recipe_diff(base_data, recipe.model_dump(mode="json"))
-            row["changes"] = "; ".join(record["changes"]) or "–"
+            row["changes"] = summarise_changes(record["changes"])
             record["config_hash"] = recipe.config_hash()
             write_text(vdir / "recipe.yaml", yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
             system = _trained_system(recipe, variant.name, vdir / "run", registry, device, progress, record) if train \
@@ -189,7 +201,8 @@ def _render(base: str, train: bool, steps: int | None, data: str | None, records
     lines += ["", "## Variants", ""]
     for r in records:
         status = f"**failed**: {r['error']}" if "error" in r else f"[eval report]({Path('variants', r['name'], 'eval', 'report.md')})"
-        lines.append(f"- **{r['name']}** (`{r['spec']}`): {'; '.join(r.get('changes') or []) or 'the base'} — {status}")
+        what = summarise_changes(r["changes"], limit=12) if "changes" in r else "recipe not resolved"
+        lines.append(f"- **{r['name']}** (`{r['spec']}`): {'same as the base' if what == '–' else what} — {status}")
     return "\n".join(lines) + "\n"
 
 

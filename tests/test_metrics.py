@@ -196,6 +196,7 @@ def test_edit_distance_and_normalisers_match_torchmetrics():
 
 
 def test_pocketsphinx_wer_dwer_and_corpus_summary(speech):
+    pytest.importorskip("pocketsphinx", reason="the offline ASR backend is the optional package pocketsphinx")
     metric = WER(WERConfig())
     metric.check()
     clean = metric(speech, speech, 16000, transcript=TRANSCRIPT, clip_id="kal")

@@ -113,8 +113,8 @@ def test_include_cycle_and_missing_include(registry, tmp_path):
 
 def test_overrides(registry, tmp_path):
     path = write(tmp_path / "r.yaml", {**toy_codec.TOY_RECIPE, "losses": []})
-    r = load_recipe(path, ["acoustic.codebook_size=128", "train.grad_clip=1.5", "data.train=x.jsonl",
-                           "acoustic.kind=other_vq"], registry=registry)
+    r = load_recipe(path, ["acoustic.kind=other_vq", "acoustic.codebook_size=128", "train.grad_clip=1.5",
+                           "data.train=x.jsonl"], registry=registry)
     assert r.acoustic.kind == "other_vq" and r.acoustic.codebook_size == 128
     assert r.train.grad_clip == 1.5 and r.data.train == "x.jsonl"
     assert apply_overrides({"losses": [{"weight": 1}]}, ["losses.0.weight=2"]) == {"losses": [{"weight": 2}]}
@@ -139,8 +139,10 @@ def test_cli_validate_exits_2_with_all_errors(cli_registry, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "acoustic.codebook_size: expected an integer > 1, got 'big'" in err
     assert "train.steps: expected an integer > 0, got 0" in err
-    assert main(["validate", str(good), "-o", "acoustic.codebook_size=0"]) == 2
+    assert main(["validate", str(good), "acoustic.codebook_size=0"]) == 2
     assert "acoustic.codebook_size" in capsys.readouterr().err
+    assert main(["validate", str(good), "--override", "acoustic.codebook_size=-1"]) == 2
+    assert "acoustic.codebook_size: expected an integer > 1, got -1" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
 

@@ -187,6 +187,6 @@ def test_third_party_quantizer_validates_and_builds_in_a_recipe(third_party_site
     result = _cli("validate", "--build", str(recipe), env_extra=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "example_fsq" in result.stdout and "1 streams" not in result.stdout
-    bad = _cli("validate", str(recipe), "-o", "acoustic.levels=big", env_extra=env)
+    bad = _cli("validate", str(recipe), "acoustic.levels=big", env_extra=env)
     assert bad.returncode == 2
     assert "acoustic.levels" in bad.stderr

@@ -153,6 +153,26 @@ def test_decoding_from_a_prefix_of_the_streams():
         q.from_tokens({"rvq1": out.tokens["rvq1"]}, SemanticOutput())
 
 
+def test_fusion_concat_order():
+    from types import SimpleNamespace
+
+    semantic = SimpleNamespace(feature_dim=4, frame_rate=50.0)
+    x = torch.randn(2, 1, 960) * 0.1
+    sem = SemanticOutput(features=torch.randn(2, 4, 3))
+    for order in ("acoustic_first", "semantic_first"):
+        torch.manual_seed(0)
+        q = DACResidualQuantizer(DACRVQConfig(encoder_channels=4, latent_dim=8, codebook_size=16, concat_order=order),
+                                 BuildContext(sample_rate=16000, semantic=semantic)).eval()
+        assert q.quantized_dim == 12 and q.fusion.in_features == 12
+        parts = [q.encoder(x), sem.features]
+        if order == "semantic_first":
+            parts.reverse()
+        with torch.no_grad():
+            torch.testing.assert_close(q.encode_latent(x, sem), q.fusion(torch.cat(parts, 1).transpose(1, 2)))
+    with pytest.raises(ValueError, match="semantic features"):
+        q.encode_latent(x, SemanticOutput())
+
+
 def test_ddp_built_too_early_is_an_error(monkeypatch):
     from codecfw.plugins.acoustic import dac_rvq
 
@@ -305,3 +325,14 @@ def test_adversarial_step_through_the_objective(tiny_recipe):
     d = objective.step(batch, "discriminator")
     d.loss.backward()
     assert torch.isfinite(d.loss) and all(p.grad is not None for p in disc.parameters())
+
+
+def test_shipped_recipes_validate(capsys):
+    from codecfw.core.cli import main
+
+    assert main(["validate", str(RECIPES_DIR / "xcodec.yaml"), str(RECIPES_DIR / "xcodec_tiny.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok (ssl_teacher + dac_rvq + dac_generator)") == 2
+    recipe = load_recipe(RECIPES_DIR / "xcodec.yaml")
+    assert recipe.data.gain == pytest.approx(0.95) and recipe.semantic.teacher_train_mode is False
+    assert recipe.train.loss_weights["semantic_reconstruction"] == 100

@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import add_recipe_arguments
+from . import add_recipe_arguments, recipe_arguments
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def run(args) -> int:
     try:
         sizes = parse_sizes(args.sizes)
         proportions = parse_proportions(args.per_domain) if args.per_domain else None
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, recipe_arguments(args)[1])
         entries = read_entries(args.data, args.split)
     except (RecipeError, FileNotFoundError, ValueError, NoUsableAudioError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -250,7 +250,7 @@ def run(args) -> int:
     source = {"frontend": recipe.semantic.kind, "frontend_config": semantic_cfg,
               "frontend_config_hash": _hash(semantic_cfg), "frame_rate": float(frontend.frame_rate),
               "sample_rate": recipe.sample_rate, "recipe": recipe.name, "recipe_path": str(args.recipe),
-              "recipe_hash": recipe.config_hash(), "overrides": list(args.overrides), "manifest": str(args.data),
+              "recipe_hash": recipe.config_hash(), "overrides": recipe_arguments(args)[1], "manifest": str(args.data),
               "chunk_seconds": args.chunk_seconds}
 
     # 1. Features, per domain and rank.

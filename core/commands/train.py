@@ -1,6 +1,6 @@
 """``codecfw train RECIPE``: train a codec; rerun the same command to resume after a crash.
 
-    codecfw train recipes/xcodec.yaml -o train.steps=2000 [--run-dir DIR] [--init-from CKPT] [--device cuda]
+    codecfw train recipes/xcodec.yaml train.steps=2000 [--run-dir DIR] [--init-from CKPT] [--device cuda]
     torchrun --nproc_per_node 4 -m codecfw.core.cli train recipes/xcodec.yaml
 
 The run directory defaults to ``runs/<name>-<config hash>``: the same recipe and overrides find their run again and
@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from . import add_recipe_arguments
+from . import add_recipe_arguments, recipe_arguments
 
 
 def run(args) -> int:
@@ -40,7 +40,7 @@ def run(args) -> int:
             print(f"--plugin {name}: {info.error}", file=sys.stderr)
             return 2
     try:
-        recipe = load_recipe(args.recipe, args.overrides, registry)
+        recipe = load_recipe(args.recipe, recipe_arguments(args)[1], registry)
     except (RecipeError, FileNotFoundError) as exc:
         print(str(exc), file=sys.stderr)
         return 2

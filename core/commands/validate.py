@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import add_recipe_arguments
+from . import add_recipe_arguments, recipe_arguments
 
 
 def run(args) -> int:
@@ -12,9 +12,10 @@ def run(args) -> int:
     from ..config import RecipeError, load_recipe
 
     failed = False
-    for path in args.recipes:
+    recipes, overrides = recipe_arguments(args)
+    for path in recipes:
         try:
-            recipe = load_recipe(path, args.overrides)
+            recipe = load_recipe(path, overrides)
         except (RecipeError, FileNotFoundError) as exc:
             failed = True
             print(str(exc), file=sys.stderr)

@@ -88,7 +88,8 @@ class DACResidualQuantizer(AcousticQuantizer):
         self.semantic_dim = int(getattr(semantic, "feature_dim", 0) or 0)
         if self.semantic_dim and not math.isclose(semantic.frame_rate, self.frame_rate):
             raise ValueError(f"acoustic.strides: the encoder runs at {self.frame_rate:g} frames/s (hop "
-                             f"{self.hop_length}) but the semantic front-end at {semantic.frame_rate:g}; they must match")
+                             f"{self.hop_length}) but the semantic front-end at {semantic.frame_rate:g}; "
+                             f"they must match")
         self.latent_dim = cfg.latent_dim
         fused = cfg.latent_dim + self.semantic_dim
         self.quantized_dim = cfg.quantizer_dim or fused

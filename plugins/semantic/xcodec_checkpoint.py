@@ -25,7 +25,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +220,9 @@ def recipe_from_transformers(config: dict[str, Any], name: str = "xcodec") -> di
     if "model_type" not in teacher:
         raise ConversionError("config.json: semantic_model_config lacks model_type (hubert, wavlm, ...)")
     codebook = int(config.get("codebook_size", 1024))
-    conv = {"channel_ratios": list(config.get("channel_ratios", [1, 1])), "strides": list(config.get("strides", [1, 1])),
-            "kernel_size": int(config.get("kernel_size", 3)), "block_dilations": list(config.get("block_dilations", [1, 1])),
-            "unit_kernel_size": int(config.get("unit_kernel_size", 3))}
+    conv = {key: config.get(key, default) for key, default in (
+        ("channel_ratios", [1, 1]), ("strides", [1, 1]), ("kernel_size", 3), ("block_dilations", [1, 1]),
+        ("unit_kernel_size", 3))}
     return {
         "name": name,
         "description": "converted from a transformers XcodecModel",
@@ -294,7 +293,9 @@ def recipe_from_original(state: dict[str, Tensor], teacher_config: dict[str, Any
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def load_original_state(path: str | Path) -> dict[str, Tensor]:
