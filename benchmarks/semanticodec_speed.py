@@ -10,7 +10,7 @@ memory for a long input.
 - Decode: DDIM with ``--steps`` steps and guidance 2 for both (the reference's defaults: 50 steps, guidance 2),
   then codecfw with ``--fast-sampler`` at ``--fast-steps``.
 - Memory: codecfw's streaming ``decode_tokens`` on 1 and ``--memory-minutes`` minutes of tokens (1 step, in
-  fresh processes); the growth of the peak RSS over a one-window warm-up is compared with the output buffer.
+  fresh processes); the growth of the peak RSS over a one-batch warm-up is compared with the output buffer.
 - ``--small``: the fixtures' reduced architecture and 10 steps (a quick run); the memory check always uses it
   unless ``--memory-full``, since a full-size 10-minute decode takes hours on a CPU.
 
@@ -172,7 +172,7 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
 
 
 def memory_child(args) -> None:
-    """One fresh process: warm up on one window, then decode ``--memory-child`` seconds of tokens; print RSS."""
+    """One fresh process: warm up on one batch of windows, then decode ``--memory-child`` seconds of tokens; print RSS."""
     k = 100 // args.token_rate
     torch.manual_seed(0)
     width = (64 if not args.memory_full else 768) * k
@@ -184,7 +184,7 @@ def memory_child(args) -> None:
         tokens = {"semantic": torch.randint(0, 256, (1, t)), "acoustic": torch.randint(0, 256, (1, t))}
         return dec.decode_tokens(tokens, sem, ac, int(seconds * SAMPLE_RATE))
 
-    run(10.24)
+    run(args.window_batch_size * 9.6 + 0.64)  # one full batch of windows: the per-batch working set
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     out = run(args.memory_child)
@@ -208,7 +208,7 @@ def memory_report(args) -> None:
     print(f"\npeak memory, codecfw decode_tokens ({arch}, 1 step, window batch {args.window_batch_size}):")
     for r in results:
         growth = r["peak_mb"] - r["baseline_mb"]
-        print(f"  {r['seconds'] / 60:5.1f} min input: peak RSS {r['peak_mb']:8.1f} MB, growth over a one-window "
+        print(f"  {r['seconds'] / 60:5.1f} min input: peak RSS {r['peak_mb']:8.1f} MB, growth over a one-batch "
               f"decode {growth:7.1f} MB, output buffer {r['output_mb']:6.1f} MB ({r['wall_s']:.0f} s)")
     extra = [r["peak_mb"] - r["baseline_mb"] - r["output_mb"] for r in results]
     print(f"  growth beyond the output buffer: {extra[0]:.1f} MB (1 min) vs {extra[1]:.1f} MB "

@@ -73,6 +73,10 @@ class Codec(nn.Module):
     def decode(self, tokens: dict[str, Tensor], num_samples: int) -> Tensor:
         """``{stream name: LongTensor[B x T]}`` → Tensor[B x 1 x num_samples]."""
         missing = [s.name for s in self.streams() if s.name not in tokens]
+        acoustic_names = [s.name for s in self.acoustic.streams()]
+        kept = len(acoustic_names) - len(missing)
+        if self.acoustic.decodes_stream_prefix and 0 < kept and missing == acoustic_names[kept:]:
+            missing = []  # a leading prefix of a residual quantizer's streams decodes at the lower bitrate
         if missing:
             raise KeyError(f"tokens lack the stream(s) {', '.join(missing)}; this codec has "
                            f"{', '.join(s.name for s in self.streams())}")

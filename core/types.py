@@ -171,6 +171,8 @@ class AcousticQuantizer(nn.Module):
     frame_rate: float
     #: Channel dimension of ``AcousticOutput.quantized``.
     quantized_dim: int
+    #: Residual quantizers whose leading streams decode on their own (lower bitrate) set this.
+    decodes_stream_prefix: bool = False
 
     def streams(self) -> list[TokenStream]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -85,3 +85,33 @@ def test_toy_codec_round_trip(toy_registry):
     train = codec(wav)
     assert train.decoder.waveform.shape == wav.shape
     assert set(train.acoustic.losses) == {"commitment"}
+
+
+class _PrefixAcoustic(AcousticQuantizer):
+    """Two residual streams; any leading prefix decodes (like an RVQ)."""
+
+    decodes_stream_prefix = True
+
+    def streams(self):
+        return [TokenStream("rvq0", 50, 16), TokenStream("rvq1", 50, 16)]
+
+    def from_tokens(self, tokens, semantic):
+        return AcousticOutput(quantized=sum(t.float() for t in tokens.values()).unsqueeze(1))
+
+
+class _SumDecoder(Decoder):
+    objective = "adversarial"
+
+    def forward(self, semantic, acoustic, num_samples):
+        return acoustic.quantized[..., :num_samples]
+
+
+def test_residual_streams_decode_from_a_leading_prefix():
+    codec = Codec(_Semantic(TokenStream("semantic", 50, 4)), _PrefixAcoustic(), _SumDecoder(), 16000)
+    codec.semantic.from_tokens = lambda tokens: SemanticOutput()
+    tokens = {"semantic": torch.zeros(1, 3, dtype=torch.long), "rvq0": torch.tensor([[1, 2, 3]]),
+              "rvq1": torch.tensor([[10, 10, 10]])}
+    assert codec.decode(tokens, 3).tolist() == [[[11.0, 12.0, 13.0]]]
+    assert codec.decode({k: v for k, v in tokens.items() if k != "rvq1"}, 3).tolist() == [[[1.0, 2.0, 3.0]]]
+    with pytest.raises(KeyError, match="rvq0"):  # not a prefix
+        codec.decode({k: v for k, v in tokens.items() if k != "rvq0"}, 3)

@@ -150,3 +150,18 @@ def test_recipe_swaps_train_through_the_loop(tmp_path, overrides, semantic_kind,
         if semantic_kind == "semantic_anchoring":
             assert row["loss/anchoring"] > 0
             assert 0 < row["metric/semantic_usage"] <= 1
+
+
+def test_chunked_encoding_and_decoding_equal_whole_file():
+    from codecfw.core.api import AudioTokenizer
+
+    tokenizer = AudioTokenizer.from_recipe(tiny(*NO_TEACHER), chunk_seconds=1.0)
+    assert tokenizer.policy.exact and tokenizer.policy.context >= 16000
+    wave = torch.randn(1, 56_000) * 0.1
+    whole = tokenizer.encode(wave, 16000, chunked=False)[0]
+    chunked = tokenizer.encode(wave, 16000)[0]
+    assert whole.lengths() == chunked.lengths() == {"semantic": 175, "acoustic": 175}
+    for name in whole.tokens:
+        np.testing.assert_array_equal(chunked.tokens[name], whole.tokens[name])
+    torch.testing.assert_close(tokenizer.decode(whole)[0], tokenizer.decode(whole, chunked=False)[0],
+                               atol=1e-5, rtol=0)

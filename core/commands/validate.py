@@ -22,7 +22,12 @@ def run(args) -> int:
             continue
         line = f"{path}: ok ({recipe.semantic.kind} + {recipe.acoustic.kind} + {recipe.decoder.kind})"
         if args.build:
-            codec = build_codec(recipe)
+            try:
+                codec = build_codec(recipe)
+            except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything; report, go on
+                failed = True
+                print(f"{path}: valid, but building the codec failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
             params = sum(p.numel() for p in codec.parameters())
             line += (f"; {len(codec.streams())} streams, {codec.token_rate:g} tokens/s, "
                      f"{codec.bitrate / 1000:g} kbps, {params / 1e6:.2f}M parameters")

@@ -197,3 +197,13 @@ def weight_norm_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, m in module.named_modules():
         if parametrize.is_parametrized(m, "weight"):
             yield name, m
+
+
+def convolutional_chunk_policy(sample_rate: int, hop_length: int, context_seconds: float = 1.0):
+    """Chunking for the DAC encoder/generator: ``context_seconds`` of neighbouring audio on each side covers their
+    receptive field (about 0.55 s each side at hop 320), so chunked outputs equal whole-file ones up to float rounding.
+    """
+    from codecfw.core.chunking import ChunkPolicy
+
+    context = math.ceil(context_seconds * sample_rate / hop_length) * hop_length
+    return ChunkPolicy(context=context, align=hop_length, exact=True)

@@ -76,6 +76,8 @@ class DACResidualQuantizer(AcousticQuantizer):
     ``quantized : Tensor[B x (D+S) x T]`` (the fused latent after RVQ; the decoder splits it) and tokens
     ``rvq{i} : LongTensor[B x T]`` for the quantizers used, ``T = ceil(N / hop)``."""
 
+    decodes_stream_prefix = True
+
     def __init__(self, cfg: DACRVQConfig, ctx: BuildContext) -> None:
         super().__init__()
         from vector_quantize_pytorch import ResidualVQ

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig, StrictModel
 from codecfw.core.types import AcousticOutput, BuildContext, Decoder, DecoderOutput, SemanticOutput
-from codecfw.plugins.acoustic.dac_blocks import DACDecoder
+from codecfw.plugins.acoustic.dac_blocks import DACDecoder, convolutional_chunk_policy
 from codecfw.plugins.semantic.semantic_conv import SemanticDecoder
 
 
@@ -62,6 +62,7 @@ class DACGenerator(Decoder):
     def __init__(self, cfg: DACGeneratorConfig, ctx: BuildContext) -> None:
         super().__init__()
         self.cfg = cfg
+        self.sample_rate = ctx.sample_rate
         acoustic = ctx.acoustic
         in_dim = int(acoustic.quantized_dim)
         latent_dim = cfg.latent_dim or int(getattr(acoustic, "latent_dim", in_dim))
@@ -91,6 +92,9 @@ class DACGenerator(Decoder):
         if y.shape[-1] >= num_samples:
             return y[..., :num_samples]
         return F.pad(y, (0, num_samples - y.shape[-1]))
+
+    def chunk_policy(self):
+        return convolutional_chunk_policy(self.sample_rate, self.generator.hop_length)
 
     def reconstruct_semantic(self, acoustic: AcousticOutput) -> Tensor:
         """The head's estimate of the teacher features, Tensor[B x H x T]."""

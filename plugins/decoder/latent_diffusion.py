@@ -399,8 +399,9 @@ class LatentDiffusionDecoder(Decoder):
             import torchaudio
 
             out = torchaudio.functional.resample(out, self.vocoder_rate, self.sample_rate)
-        out = out[:, :num_samples]
-        return F.pad(out, (0, num_samples - out.shape[-1]))[:, None]
+        if out.shape[-1] < num_samples:
+            out = F.pad(out, (0, num_samples - out.shape[-1]))
+        return out[:, None, :num_samples]  # a view: no second output-sized copy
 
     def _window(self, rows: Tensor) -> Tensor:
         """One window's rows Tensor[n x F], right-padded with ``pad_value`` to ``window_tokens``."""

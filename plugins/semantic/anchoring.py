@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
 from codecfw.core.types import BuildContext, SemanticFrontend, SemanticOutput, TokenStream
-from codecfw.plugins.acoustic.dac_blocks import DACEncoder
+from codecfw.plugins.acoustic.dac_blocks import DACEncoder, convolutional_chunk_policy
 from codecfw.plugins.semantic.anchor_codebook import AnchorCodebook, load_codebook_file
 from codecfw.plugins.semantic.ssl_teacher import HiddenStateReader, TeacherSettings, load_teacher
 
@@ -140,6 +140,10 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         if self.teacher is None:
             raise ValueError("semantic.teacher is null: clustering needs the teacher whose units the codebook holds")
         return self.reader(self.teacher, waveform)
+
+    def chunk_policy(self):
+        """Tokens depend on the conv encoder's receptive field only (the teacher never runs when encoding)."""
+        return convolutional_chunk_policy(self.sample_rate, self.hop_length)
 
     def train(self, mode: bool = True) -> SemanticAnchoringFrontend:
         super().train(mode)

@@ -109,7 +109,10 @@ def load_teacher(cfg: TeacherSettings) -> nn.Module:
         if model_type is None:
             raise ValueError("semantic.teacher_config: needs a 'model_type' key (e.g. 'hubert', 'wavlm')")
         config = transformers.AutoConfig.for_model(model_type, **config_dict)
-        model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
+        # a fixed seed: `codecfw cluster` and `codecfw train` must see the same untrained teacher
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = cls.from_config(config) if cls is transformers.AutoModel else cls(config)
     else:
         local = Path(cfg.model).expanduser()
         looks_local = local.exists() or cfg.model.startswith((".", "/", "~")) or cfg.model.count("/") > 1
@@ -201,6 +204,7 @@ class SSLTeacherFrontend(SemanticFrontend):
     def __init__(self, cfg: SSLTeacherConfig, sample_rate: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.sample_rate = sample_rate
         self.teacher = load_teacher(cfg)
         self.reader = HiddenStateReader(cfg, self.teacher, sample_rate)
         self.teacher_dim = self.reader.dim
@@ -217,6 +221,13 @@ class SSLTeacherFrontend(SemanticFrontend):
         # nn.Module.train recurses into the teacher; keep it deterministic unless the quirk is asked for
         self.teacher.train(mode and self.cfg.teacher_train_mode)
         return self
+
+    def chunk_policy(self):
+        from codecfw.core.chunking import ChunkPolicy
+
+        return ChunkPolicy(context=self.sample_rate, align=self.hop_length, exact=False,
+                           note="the SSL teacher attends over its whole input, so chunked tokens differ slightly "
+                                "from whole-file tokens (1 s of context on each side limits the difference)")
 
     def teacher_features(self, waveform: Tensor) -> Tensor:
         """waveform : Tensor[B x 1 x N] → the selected/averaged hidden states, Tensor[B x H x ceil(N / hop)]."""
