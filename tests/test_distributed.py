@@ -15,13 +15,7 @@ from codecfw.core.trainer import Trainer
 from codecfw.tests.training_support import ddp_worker, make_corpus, read_metrics, toy_recipe, training_registry
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster on a shared 2-core machine and bitwise reproducible."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:

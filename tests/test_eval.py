@@ -28,13 +28,7 @@ from .toy_codec import TOY_RECIPE
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Clips are short and tensors small: one intra-op thread is faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["mel", "stft", "l1", "si_sdr", "pesq", "stoi", "codebook", "bitrate"]
 

@@ -25,13 +25,7 @@ from codecfw.plugins.metric.tokens import Bitrate, BitrateConfig, CodebookConfig
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "eval"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Clips are short and tensors small: one intra-op thread is faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRANSCRIPT = "Rice is often served in round bowls."
 
