@@ -253,7 +253,7 @@ def test_cli_per_domain_end_to_end(tmp_path, toy_cli):
     manifest = _write_corpus(tmp_path)
     out = tmp_path / "codebooks"
     argv = ["cluster", str(toy_cli), "--data", str(manifest), "--sizes", "8,16", "--per-domain",
-            "speech:1,music:1,sound:2", "--out", str(out), "--iters", "5", "--no-progress", "--device", "cpu",
+            "speech:1,music:1,sound:2", "-o", str(out), "--iters", "5", "--no-progress", "--device", "cpu",
             "--shard-rows", "150"]
     assert main(argv) == 0
     dim = 8  # ToySemanticConfig.dim
@@ -319,12 +319,14 @@ def test_cli_resumes_an_interrupted_extraction(tmp_path, toy_cli):
 
     manifest = _write_corpus(tmp_path)
     out = tmp_path / "cb"
-    argv = ["cluster", str(toy_cli), "--data", str(manifest), "--sizes", "4", "--out", str(out), "--iters", "3",
-            "--no-progress", "--device", "cpu", "--shard-rows", "100"]
+    argv = ["cluster", str(toy_cli), "semantic.dim=6", "--data", str(manifest), "--sizes", "4", "-o", str(out),
+            "--iters", "3", "--no-progress", "--device", "cpu", "--shard-rows", "100"]
     assert main(argv) == 0
     store_dir = out / "work" / "features" / "all" / "rank000"
     full = FeatureStore(store_dir).read(0, 10**6)
-    assert len(full) == 900
+    assert full.shape == (900, 6)  # the recipe override reached the front-end
+    meta = json.loads((out / "kmeans_4.json").read_text())
+    assert meta["feature_source"]["overrides"] == ["semantic.dim=6"] and meta["domains"][0]["name"] == "all"
     # As if the run had died after flushing the first two files' shards.
     index = json.loads((store_dir / "index.json").read_text())
     index.update(shards=index["shards"][:2], sources_done=2, complete=False)

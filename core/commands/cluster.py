@@ -1,4 +1,4 @@
-"""``codecfw cluster RECIPE --data MANIFEST --sizes 4096,8192 [--per-domain speech:1,music:1,sound:2] --out OUT``
+"""``codecfw cluster RECIPE [KEY=VALUE ...] --data MANIFEST --sizes 4096,8192 [--per-domain speech:1,music:1,sound:2] -o OUT``
 
 Semantic codebooks from any front-end's continuous features (``SemanticFrontend.extract_features``): features are
 extracted once into on-disk shards (per domain), k-means runs for every requested size (per domain, then merged in
@@ -378,7 +378,7 @@ def register(sub) -> None:
     p.add_argument("--sizes", required=True, help="codebook sizes, e.g. 4096,8192,16384")
     p.add_argument("--per-domain", metavar="D:W,...",
                    help="cluster each domain separately and merge in these proportions, e.g. speech:1,music:1,sound:2")
-    p.add_argument("--out", "--output", dest="out", required=True, metavar="OUT", help="output folder")
+    p.add_argument("-o", "--out", "--output", dest="out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--work-dir", help="features and k-means states (default OUT/work)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its work dir")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run's work dir")
