@@ -6,7 +6,10 @@ memory for a long input.
 - ``--reference-path``: a checkout of haoheliu/SemantiCodec-inference (e.g. fetched to /work/.mirror). Its
   ``SemantiCodec.decode`` is timed on the same random weights (the reference's own state dict, converted with
   codecfw's official-checkpoint mapping) and tokens; without it only codecfw's figures are printed. The reference
-  needs ``timm`` only for imports its decoder never runs; a stand-in is put on ``sys.path`` when timm is missing.
+  imports ``timm`` for AudioMAE's ViT block; when timm is missing a small stand-in (same names and maths) is put
+  on ``sys.path``.
+- ``--encode``: also times encoding 10.24 s: the reference's ``SemantiCodec.encode`` against ``Codec.encode`` of the
+  codec ``codecfw import semanticodec`` would make from the reference's (random) state dicts.
 - Decode: DDIM with ``--steps`` steps and guidance 2 for both (the reference's defaults: 50 steps, guidance 2),
   then codecfw with ``--fast-sampler`` at ``--fast-steps``.
 - Memory: codecfw's streaming ``decode_tokens`` on 1 and ``--memory-minutes`` minutes of tokens (1 step, in
@@ -92,14 +95,51 @@ TIMM_STANDIN = {
     "timm/__init__.py": "",
     "timm/models/__init__.py": "",
     "timm/models/layers.py": "def to_2tuple(x):\n    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)\n",
-    "timm/models/vision_transformer.py": (
-        "class Block:\n    def __init__(self, *args, **kwargs):\n"
-        "        raise NotImplementedError('timm stand-in: the benchmark only runs the reference decoder')\n"),
+    # A pre-norm ViT block with timm's parameter names (norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2) and
+    # maths, enough for the reference's AudioMAE; written here, not copied from timm.
+    "timm/models/vision_transformer.py": """
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim, num_heads, qkv_bias):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, norm_layer=nn.LayerNorm, **_):
+        super().__init__()
+        self.norm1, self.attn = norm_layer(dim), _Attention(dim, num_heads, qkv_bias)
+        self.norm2, self.mlp = norm_layer(dim), _Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+""",
 }
 
 
 def import_reference(path: str):
-    """Put the reference checkout (and, if timm is missing, an import-only stand-in) on sys.path."""
+    """Put the reference checkout (and, if timm is missing, a stand-in for its ViT block) on sys.path."""
     try:
         import timm  # noqa: F401
     except ImportError:
@@ -199,7 +239,10 @@ def memory_report(args) -> None:
         cmd = [sys.executable, __file__, "--memory-child", str(seconds), "--token-rate", str(args.token_rate),
                "--threads", str(args.threads), "--window-batch-size", str(args.window_batch_size)]
         cmd += ["--memory-full"] if args.memory_full else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        # glibc's adaptive mmap threshold would keep freed per-window buffers in the heap and blur peak RSS;
+        # a fixed threshold returns them, so the figure reflects live memory.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": str(args.threads)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
         if proc.returncode:
             print(f"memory run failed ({seconds} s):\n{proc.stderr[-2000:]}")
             return
@@ -213,6 +256,46 @@ def memory_report(args) -> None:
     extra = [r["peak_mb"] - r["baseline_mb"] - r["output_mb"] for r in results]
     print(f"  growth beyond the output buffer: {extra[0]:.1f} MB (1 min) vs {extra[1]:.1f} MB "
           f"({args.memory_minutes:g} min)")
+
+
+def encode_benchmark(args, main_mod, ref, k: int) -> None:
+    """Encode 10.24 s with the reference encoder and with the codecfw codec converted from its state dicts."""
+    import numpy as np
+    import torchaudio
+    from semanticodec.modules.encoder.encoder import AudioMAEConditionQuantResEncoder
+
+    from codecfw.core.codec import build_codec
+    from codecfw.core.config import validate_recipe
+    from codecfw.plugins.semantic.semanticodec_checkpoint import convert_semanticodec
+
+    torch.manual_seed(2)
+    centroids = torch.randn(4096, 768 * k)
+    with tempfile.TemporaryDirectory() as tmp:
+        npy = Path(tmp) / "codebook_2048_0.npy"
+        np.save(npy, centroids.numpy())
+        encoder = AudioMAEConditionQuantResEncoder(centroid_npy_path=str(npy), feature_dimension=768 * k,
+                                                   lstm_layer={1: 4, 2: 3, 4: 2}[k]).eval()
+    randomize_(encoder, seed=3)
+    ref.encoder = encoder
+    converted = convert_semanticodec(encoder.state_dict(), ref.decoder.state_dict(), {4096: centroids}, k,
+                                     vocab_size=4096, overrides={"decoder": SMALL if args.small else {}})
+    codec = build_codec(validate_recipe(converted.recipe)).eval()
+    codec.load_state_dict(converted.state_dict, strict=False)
+    wav = 0.1 * torch.randn(1, int(10.0 * SAMPLE_RATE))
+    load = torchaudio.load
+    # The reference takes a file path; torchaudio.load needs torchcodec (absent), so it returns the tensor.
+    torchaudio.load = lambda *_, **__: (wav, SAMPLE_RATE)
+    try:
+        with tempfile.NamedTemporaryFile(suffix=".wav") as f, torch.no_grad():
+            ref_s, ref_tokens = timed(lambda: ref.encode(f.name), args.repeats)
+            ours_s, ours_tokens = timed(lambda: codec.encode(wav[None]), args.repeats)
+    finally:
+        torchaudio.load = load
+    n = min(ref_tokens.shape[1], ours_tokens["semantic"].shape[1])
+    same = [100 * float((ref_tokens[0, :n, i] == ours_tokens[name][0, :n]).float().mean())
+            for i, name in enumerate(["semantic", "acoustic"])]
+    print(f"\nencode 10 s: reference {ref_s:6.1f} s, codecfw {ours_s:6.1f} s, speed-up {ref_s / ours_s:.2f}x "
+          f"(equal tokens on the {n} common positions: semantic {same[0]:.1f}%, acoustic {same[1]:.1f}%)")
 
 
 def main() -> None:
@@ -230,6 +313,7 @@ def main() -> None:
     parser.add_argument("--memory-minutes", type=float, default=10.0)
     parser.add_argument("--memory-full", action="store_true", help="full-size model for the memory check")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--encode", action="store_true", help="also time encoding (needs --reference-path)")
     parser.add_argument("--memory-child", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -287,6 +371,8 @@ def main() -> None:
                                                     steps=args.fast_steps), args.repeats)
         print(f"codecfw {args.fast_sampler} {args.fast_steps} steps  {fast_s:8.1f} s"
               + (f"   ({ref_s / fast_s:.2f}x the reference at {steps} steps)" if ref is not None else ""))
+    if args.encode and ref is not None:
+        encode_benchmark(args, main_mod, ref, k)
     if not args.skip_memory:
         memory_report(args)
 

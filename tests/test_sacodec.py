@@ -122,7 +122,7 @@ def test_anchoring_loss_pulls_projection_towards_teacher():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.grad is None for p in codec.semantic.teacher.parameters())
 
@@ -138,7 +138,8 @@ def test_recipe_swaps_train_through_the_loop(tmp_path, overrides, semantic_kind,
     from codecfw.core.trainer import Trainer
 
     recipe = tiny("semantic.codebook=null", *overrides, "train.steps=2", "train.valid_every=2",
-                  "train.checkpoint_every=2", "train.log_every=1", "data.batch_size=2", "data.valid_clips=1")
+                  "train.checkpoint_every=2", "train.log_every=1", "train.valid_batches=1", "data.batch_size=2",
+                  "data.valid_clips=1")
     assert (recipe.semantic.kind, recipe.acoustic.kind) == (semantic_kind, acoustic_kind)
     trainer = Trainer(recipe, registry=get_registry(), run_dir=tmp_path / "run", progress=False).setup()
     trainer.train()

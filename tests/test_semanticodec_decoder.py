@@ -465,3 +465,25 @@ def test_streaming_token_decode_equals_feature_decode(micro):
     tokens = {"semantic": torch.randint(0, 10, (2, 50)), "acoustic": torch.randint(0, 12, (2, 50))}
     features = torch.cat([ac_table[tokens["acoustic"]], sem_table[tokens["semantic"]]], -1)
     torch.testing.assert_close(micro.decode_tokens(tokens, Sem(), Ac(), 16000), micro.synthesize(features, 16000))
+
+
+def test_inference_mode_decoding_matches_no_grad(micro):
+    """The cross-attention key/value cache must also work on inference tensors (no version counter)."""
+    features = torch.randn(1, 40, 32)
+    expected = micro.synthesize(features, 12800)
+    with torch.inference_mode():
+        torch.testing.assert_close(micro.synthesize(features, 12800), expected, atol=1e-6, rtol=0)
+
+
+def test_context_cache_is_exact_and_refreshed(micro):
+    """Cached keys/values give the uncached result, and a new context is never served stale keys."""
+    windows, x_T = torch.randn(2, 32, 32), torch.randn(2, *micro.latent_shape)
+    cached = micro.sample_latents(windows, x_T, steps=3)
+    other = micro.sample_latents(windows + 1, x_T, steps=3)
+    micro.unet.cache_context(False)
+    try:
+        torch.testing.assert_close(micro.sample_latents(windows, x_T, steps=3), cached, atol=1e-5, rtol=0)
+        torch.testing.assert_close(micro.sample_latents(windows + 1, x_T, steps=3), other, atol=1e-5, rtol=0)
+    finally:
+        micro.unet.cache_context(True)
+    assert (cached - other).abs().max() > 1e-3

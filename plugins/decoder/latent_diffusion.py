@@ -349,7 +349,7 @@ class LatentDiffusionDecoder(Decoder):
     def synthesize(self, features: Tensor, num_samples: int, **sample_kwargs) -> Tensor:
         """features : Tensor[B x T x F] → Tensor[B x 1 x num_samples] at the codec's sample rate."""
         return self._synthesize(lambda i, start, stop: features[i, start:stop], features.shape[0], features.shape[1],
-                                num_samples, features.device, **sample_kwargs)
+                                num_samples, **sample_kwargs)
 
     @torch.no_grad()
     def decode_tokens(self, tokens: dict[str, Tensor], semantic_slot, acoustic_slot, num_samples: int,
@@ -371,13 +371,12 @@ class LatentDiffusionDecoder(Decoder):
             ac = acoustic_slot.from_tokens({k: v for k, v in part.items() if k not in semantic_names}, sem)
             return self.condition_features(sem, ac)[0]
 
-        device = next(iter(tokens.values())).device
-        return self._synthesize(rows, b, t, num_samples, device, **sample_kwargs)
+        return self._synthesize(rows, b, t, num_samples, **sample_kwargs)
 
-    def _synthesize(self, rows, batch: int, num_tokens: int, num_samples: int, device: torch.device,
-                    **sample_kwargs) -> Tensor:
+    def _synthesize(self, rows, batch: int, num_tokens: int, num_samples: int, **sample_kwargs) -> Tensor:
         """``rows(item, start, stop) -> Tensor[n x F]``. Windows of every item are decoded ``window_batch_size`` at
-        a time and cross-faded straight into the output buffer."""
+        a time and cross-faded straight into the output buffer (on the decoder's device)."""
+        device = self.position_table.device
         starts = self.window_starts(num_tokens)
         hop_samples = (self.window_tokens - self.overlap_tokens) * self.samples_per_token
         overlap = self.overlap_tokens * self.samples_per_token
@@ -386,7 +385,7 @@ class LatentDiffusionDecoder(Decoder):
         jobs = [(i, w) for i in range(batch) for w in range(len(starts))]
         for chunk in range(0, len(jobs), self.cfg.window_batch_size):
             ids = jobs[chunk: chunk + self.cfg.window_batch_size]
-            windows = torch.stack([self._window(rows(i, starts[w], starts[w] + self.window_tokens))
+            windows = torch.stack([self._window(rows(i, starts[w], starts[w] + self.window_tokens).to(device))
                                    for i, w in ids])
             wav = self.decode_windows(windows, ids, **sample_kwargs)
             for (i, w), y in zip(ids, wav):
@@ -410,7 +409,7 @@ class LatentDiffusionDecoder(Decoder):
     # -- training ------------------------------------------------------------------------------------------------
     def training_output(self, semantic: SemanticOutput, acoustic: AcousticOutput, waveform: Tensor) -> DecoderOutput:
         """v-prediction loss ``‖v − v̂(z_t, t, E)‖²`` on 10.24 s windows (paper eq. 8-9), with the context dropped
-        (zeroed features, positions kept) for a ``cond_drop_prob`` share of windows."""
+        (zeroed features, positions kept) for a ``cond_drop_prob`` share of windows in training mode."""
         if self.mel is None:
             raise RuntimeError("training needs the VAE encoder; this decoder was built with vae_encoder=false "
                                "(an inference-only import)")
@@ -437,14 +436,15 @@ class LatentDiffusionDecoder(Decoder):
                 self.scale_initialized.fill_(True)
             z0 = z0 * self.scale_factor
         features = features.reshape(b * n, self.window_tokens, f)
-        drop = torch.rand(b * n, device=features.device) < self.cfg.cond_drop_prob
+        # Condition dropout only while training: validation losses stay conditional.
+        drop = torch.rand(b * n, device=features.device) < (self.cfg.cond_drop_prob if self.training else 0.0)
         steps = torch.randint(0, self.cfg.num_train_timesteps, (b * n,), device=z0.device)
         noise = torch.randn_like(z0)
         ab = self.alphas_cumprod[steps].view(-1, 1, 1, 1)
         z_t = ab.sqrt() * z0 + (1 - ab).sqrt() * noise
         target = ab.sqrt() * noise - (1 - ab).sqrt() * z0
-        with self._autocast(self.cfg.precision if z0.device.type == "cuda" else "float32"):
-            pred = self.unet(z_t, steps, encoder_hidden_states=self.context(features, drop)).sample.float()
+        # Training precision is the loop's (train.precision), not the decoder's inference setting.
+        pred = self.unet(z_t, steps, encoder_hidden_states=self.context(features, drop)).sample.float()
         loss = F.mse_loss(pred, target)
         return DecoderOutput(losses={"diffusion": loss},
                              metrics={"scale_factor": self.scale_factor.detach().clone(),

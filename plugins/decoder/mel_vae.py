@@ -67,6 +67,12 @@ class AudioLDMMel(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, win_length=n_fft, hop_length=hop_length, f_min=f_min, f_max=f_max,
             n_mels=mel_bins, power=1.0, center=True, pad_mode="reflect", norm="slaney", mel_scale="slaney")
+        # The window and filter bank follow from the arguments: keep them out of checkpoints (the periodic window
+        # is also a view of a longer tensor, which safetensors refuses to save).
+        for module in self.mel.modules():
+            for name, buf in list(module._buffers.items()):
+                if buf is not None:
+                    module.register_buffer(name, buf.clone(), persistent=False)
 
     def forward(self, waveform: Tensor) -> Tensor:
         frames = waveform.shape[-1] // self.hop_length

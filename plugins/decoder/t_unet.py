@@ -84,8 +84,9 @@ class CachedContextAttnProcessor(AttnProcessor2_0):
                 or hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None
                 or attn.residual_connection or attn.norm_q is not None):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        key = (id(encoder_hidden_states), encoder_hidden_states._version, torch.is_autocast_enabled(
-            hidden_states.device.type))
+        # Inference tensors (torch.inference_mode) keep no version counter: identity must do there.
+        version = -1 if encoder_hidden_states.is_inference() else encoder_hidden_states._version
+        key = (id(encoder_hidden_states), version, torch.is_autocast_enabled(hidden_states.device.type))
         if self._key != key:
             context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
             self._kv, self._key = (attn.to_k(context), attn.to_v(context)), key
