@@ -211,6 +211,18 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
     return best, out
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM belongs to the process's own address space; ru_maxrss would
+    carry the parent's peak over from fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_child(args) -> None:
     """One fresh process: warm up on one batch of windows, then decode ``--memory-child`` seconds of tokens; print RSS."""
     k = 100 // args.token_rate
@@ -225,11 +237,11 @@ def memory_child(args) -> None:
         return dec.decode_tokens(tokens, sem, ac, int(seconds * SAMPLE_RATE))
 
     run(args.window_batch_size * 9.6 + 0.64)  # one full batch of windows: the per-batch working set
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     out = run(args.memory_child)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": args.memory_child, "baseline_mb": base / 1024, "peak_mb": peak / 1024,
+    peak = peak_rss_mb()
+    print(json.dumps({"seconds": args.memory_child, "baseline_mb": base, "peak_mb": peak,
                       "output_mb": out.numel() * out.element_size() / 2 ** 20, "wall_s": time.perf_counter() - t0}))
 
 

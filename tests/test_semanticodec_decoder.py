@@ -24,6 +24,16 @@ regen = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(regen)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tests run many small diffusion steps; on a shared 2-core machine two OpenMP threads contending with other
+    processes ran them up to 7x slower than one (measured). Results do not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def fixture(case: str):
     from safetensors.torch import load_file
 
