@@ -18,24 +18,18 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from codecfw import hookimpl
-from codecfw.core.config import PluginConfig, StrictModel
+from codecfw.core.config import PluginConfig
 from codecfw.core.types import AcousticOutput, BuildContext, Decoder, DecoderOutput, SemanticOutput
 from codecfw.plugins.acoustic.dac_blocks import DACDecoder, convolutional_chunk_policy
-from codecfw.plugins.semantic.semantic_conv import SemanticDecoder
+from codecfw.plugins.semantic.semantic_conv import SemanticConvConfig, SemanticDecoder
 
 
-class SemanticHeadConfig(StrictModel):
+class SemanticHeadConfig(SemanticConvConfig):
     """The semantic reconstruction head (X-Codec's ``decoder_semantic``): defaults are the reference's."""
 
     enabled: bool = Field(True, description="build the head and return its loss")
     loss: Literal["mse", "cosine"] = Field("mse", description="mse: X-Codec; cosine: 1 - cos per frame "
                                                               "(defined but unused in the reference)")
-    channels: int | None = Field(None, gt=0, description="head width; default: the teacher's hidden size")
-    channel_ratios: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=1)
-    strides: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
-    kernel_size: int = Field(3, gt=0)
-    block_dilations: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
-    unit_kernel_size: int = Field(3, gt=0)
 
 
 class DACGeneratorConfig(PluginConfig):

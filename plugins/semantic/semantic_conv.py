@@ -10,7 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import Field
 from torch import Tensor, nn
+
+from codecfw.core.config import StrictModel
+
+
+class SemanticConvConfig(StrictModel):
+    """Shape of X-Codec's semantic conv stacks (encoder and reconstruction head); defaults are the reference's 2
+    blocks of 2 ELU residual units at stride 1."""
+
+    channels: int | None = Field(None, gt=0, description="stack width; default: the teacher's hidden size")
+    channel_ratios: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=1)
+    strides: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
+    kernel_size: int = Field(3, gt=0)
+    block_dilations: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
+    unit_kernel_size: int = Field(3, gt=0)
 
 
 class ConvResidualUnit(nn.Module):

@@ -29,24 +29,13 @@ from codecfw import hookimpl
 from codecfw.core.config import PluginConfig, StrictModel
 from codecfw.core.types import SemanticFrontend, SemanticOutput
 
-from .semantic_conv import SemanticEncoder
+from .semantic_conv import SemanticConvConfig, SemanticEncoder
 
 _MODEL_CLASSES = {"auto": "AutoModel", "hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
 
 
 class TeacherNotFoundError(FileNotFoundError):
     """The SSL teacher is neither in the Hugging Face cache nor at the given local path."""
-
-
-class SemanticEncoderConfig(StrictModel):
-    """X-Codec's semantic conv encoder (defaults: the reference's 2 blocks of 2 ELU residual units at stride 1)."""
-
-    channels: int | None = Field(None, gt=0, description="encoder width; default: the teacher's hidden size")
-    channel_ratios: list[float] = Field(default_factory=lambda: [1.0, 1.0], min_length=1)
-    strides: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
-    kernel_size: int = Field(3, gt=0)
-    block_dilations: list[int] = Field(default_factory=lambda: [1, 1], min_length=1)
-    unit_kernel_size: int = Field(3, gt=0)
 
 
 class TeacherSettings(StrictModel):
@@ -83,7 +72,7 @@ class SSLTeacherConfig(TeacherSettings, PluginConfig):
     """A frozen transformers SSL model as the semantic teacher, plus X-Codec's semantic conv encoder."""
 
     kind: Literal["ssl_teacher"] = "ssl_teacher"
-    encoder: SemanticEncoderConfig = Field(default_factory=SemanticEncoderConfig)
+    encoder: SemanticConvConfig = Field(default_factory=SemanticConvConfig)
 
 
 def _hub_cache_dir(model: str) -> str:
