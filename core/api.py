@@ -53,18 +53,15 @@ def _codecfw_version() -> str:
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """A checkpoint folder (``model.safetensors`` + ``meta.json``), a run directory (its best, else latest
     checkpoint) or a file inside a checkpoint folder → the checkpoint folder."""
-    from .checkpoint import latest_checkpoint, read_best
+    from .checkpoint import resolve_run_checkpoint
 
     path = Path(path)
     if path.is_file():
         path = path.parent
-    if (path / "checkpoints").is_dir():
-        best = read_best(path)
-        found = path / "checkpoints" / best["checkpoint"] if best else latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path}: a run directory without any complete checkpoint")
-        path = found
-    return path
+    try:
+        return resolve_run_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def read_checkpoint_meta(folder: Path) -> dict[str, Any]:

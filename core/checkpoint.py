@@ -196,18 +196,24 @@ def load_state(checkpoint: str | Path, map_location: str | torch.device = "cpu")
     return torch.load(Path(checkpoint) / "state.pt", map_location=map_location, weights_only=True)
 
 
+def resolve_run_checkpoint(path: Path) -> Path:
+    """A run directory → its best checkpoint, else its latest; any other path is returned unchanged."""
+    if not (path / "checkpoints").is_dir():
+        return path
+    best = read_best(path)
+    found = path / "checkpoints" / best["checkpoint"] if best else latest_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"{path}: a run directory without any complete checkpoint")
+    return found
+
+
 def resolve_weights_file(path: str | Path, prefer_ema: bool = True) -> tuple[Path, Path | None]:
     """``--init-from`` accepts a checkpoint folder, a run directory (its best, else latest checkpoint) or a
     ``.safetensors`` file. Returns (model weights, EMA weights or None)."""
     path = Path(path)
     if path.is_file():
         return path, None
-    if (path / "checkpoints").is_dir():
-        best = read_best(path)
-        ckpt = path / "checkpoints" / best["checkpoint"] if best else latest_checkpoint(path)
-        if ckpt is None:
-            raise FileNotFoundError(f"{path}: a run directory without any complete checkpoint")
-        path = ckpt
+    path = resolve_run_checkpoint(path)
     model = path / "model.safetensors"
     if not model.is_file():
         raise FileNotFoundError(f"{path}: expected a checkpoint folder with model.safetensors, a run directory, "
