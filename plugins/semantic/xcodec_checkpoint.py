@@ -68,6 +68,34 @@ def _split_weight_norm(key: str, value: Tensor) -> dict[str, Tensor]:
     return {base + _WN_SUFFIX["weight_g"]: g, base + _WN_SUFFIX["weight_v"]: value}
 
 
+def _map_common(key: str, value: Tensor, heads: dict[str, str], out: dict[str, Tensor]) -> bool:
+    """The keys both published layouts name alike (teacher, codebooks) or only rename (the three linear heads,
+    named by ``heads``). Returns False for a key it does not know."""
+    head = key.split(".", 1)[0]
+    if key.startswith("semantic_model."):
+        out["semantic.teacher." + key[len("semantic_model."):]] = value
+    elif head in heads:
+        out[heads[head] + key.split(".", 1)[1]] = value
+    elif m := _CODEBOOK.match(key):
+        name, tensor = _codebook_tensor(m.group(2), value)
+        out[f"acoustic.quantizer.layers.{m.group(1)}._codebook.{name}"] = tensor
+    else:
+        return False
+    return True
+
+
+def _check_known(unknown: list[str], layout: str) -> None:
+    if unknown:
+        raise ConversionError(f"keys outside the {layout} layout: {', '.join(unknown[:8])}"
+                              f"{' ...' if len(unknown) > 8 else ''}")
+
+
+_ORIGINAL_HEADS = {"fc_prior": "acoustic.fusion.", "fc_post1": "decoder.semantic_proj.",
+                   "fc_post2": "decoder.acoustic_proj."}
+_ORIGINAL_NAMES = {codecfw: original for original, codecfw in _ORIGINAL_HEADS.items()}
+_TRANSFORMERS_HEADS = {"fc": "acoustic.fusion.", "fc1": "decoder.semantic_proj.", "fc2": "decoder.acoustic_proj."}
+
+
 def original_to_codecfw(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename a reference ``SoundStream`` state dict to the codecfw X-Codec layout."""
     out: dict[str, Tensor] = {}
@@ -83,20 +111,9 @@ def original_to_codecfw(state: dict[str, Tensor]) -> dict[str, Tensor]:
         elif key.startswith(("encoder_semantic.", "decoder_semantic.")):
             prefix = "semantic.encoder." if key.startswith("encoder_") else "decoder.semantic_head."
             out[prefix + _SEM_WRAPPER.sub(r"\1\2.", key.split(".", 1)[1])] = value
-        elif key.startswith("semantic_model."):
-            out["semantic.teacher." + key[len("semantic_model."):]] = value
-        elif key.startswith(("fc_prior.", "fc_post1.", "fc_post2.")):
-            head, leaf = key.split(".", 1)
-            out[{"fc_prior": "acoustic.fusion.", "fc_post1": "decoder.semantic_proj.",
-                 "fc_post2": "decoder.acoustic_proj."}[head] + leaf] = value
-        elif m := _CODEBOOK.match(key):
-            name, tensor = _codebook_tensor(m.group(2), value)
-            out[f"acoustic.quantizer.layers.{m.group(1)}._codebook.{name}"] = tensor
-        else:
+        elif not _map_common(key, value, _ORIGINAL_HEADS, out):
             unknown.append(key)
-    if unknown:
-        raise ConversionError(f"keys outside the X-Codec layout: {', '.join(unknown[:8])}"
-                              f"{' ...' if len(unknown) > 8 else ''}")
+    _check_known(unknown, "X-Codec")
     return out
 
 
@@ -140,20 +157,9 @@ def transformers_to_codecfw(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out["semantic.encoder." + key.split(".", 1)[1]] = value
         elif key.startswith("decoder_semantic."):
             out["decoder.semantic_head." + key.split(".", 1)[1]] = value
-        elif key.startswith("semantic_model."):
-            out["semantic.teacher." + key[len("semantic_model."):]] = value
-        elif key.startswith(("fc.", "fc1.", "fc2.")):
-            head, leaf = key.split(".", 1)
-            out[{"fc": "acoustic.fusion.", "fc1": "decoder.semantic_proj.", "fc2": "decoder.acoustic_proj."}[head]
-                + leaf] = value
-        elif m := _CODEBOOK.match(key):
-            name, tensor = _codebook_tensor(m.group(2), value)
-            out[f"acoustic.quantizer.layers.{m.group(1)}._codebook.{name}"] = tensor
-        else:
+        elif not _map_common(key, value, _TRANSFORMERS_HEADS, out):
             unknown.append(key)
-    if unknown:
-        raise ConversionError(f"keys outside the transformers XcodecModel layout: {', '.join(unknown[:8])}"
-                              f"{' ...' if len(unknown) > 8 else ''}")
+    _check_known(unknown, "transformers XcodecModel")
     return out
 
 
@@ -183,10 +189,8 @@ def codecfw_to_original(state: dict[str, Tensor]) -> dict[str, Tensor]:
                 out["decoder_semantic." + unwrap(key[len("decoder.semantic_head."):])] = value
             elif key.startswith("semantic.teacher."):
                 out["semantic_model." + key[len("semantic.teacher."):]] = value
-            elif key.startswith(("acoustic.fusion.", "decoder.semantic_proj.", "decoder.acoustic_proj.")):
-                head, leaf = key.rsplit(".", 1)
-                out[{"acoustic.fusion": "fc_prior", "decoder.semantic_proj": "fc_post1",
-                     "decoder.acoustic_proj": "fc_post2"}[head] + "." + leaf] = value
+            elif (head := key.rsplit(".", 1)[0] + ".") in _ORIGINAL_NAMES:
+                out[_ORIGINAL_NAMES[head] + "." + key.rsplit(".", 1)[1]] = value
             elif m := re.match(r"^acoustic\.quantizer\.layers\.(\d+)\._codebook\.(\w+)$", key):
                 name = m.group(2)
                 prefix = f"quantizer.vq.layers.{m.group(1)}._codebook."
