@@ -80,10 +80,7 @@ class Codec(nn.Module):
         if missing:
             raise KeyError(f"tokens lack the stream(s) {', '.join(missing)}; this codec has "
                            f"{', '.join(s.name for s in self.streams())}")
-        sem_names = {s.name for s in self.semantic.streams()}
-        semantic = self.semantic.from_tokens({k: v for k, v in tokens.items() if k in sem_names})
-        acoustic = self.acoustic.from_tokens({k: v for k, v in tokens.items() if k not in sem_names}, semantic)
-        return self.decoder(semantic, acoustic, num_samples)
+        return self.decoder.decode_tokens(tokens, self.semantic, self.acoustic, num_samples)
 
 
 def build_codec(recipe: RecipeBase, registry: Registry | None = None) -> Codec:

@@ -198,6 +198,19 @@ class Decoder(nn.Module):
         """Training-time pass against the target ``waveform : Tensor[B x 1 x N]``."""
         raise NotImplementedError  # pragma: no cover
 
+    def decode_tokens(self, tokens: dict[str, Tensor], semantic_slot: SemanticFrontend,
+                      acoustic_slot: AcousticQuantizer, num_samples: int) -> Tensor:
+        """Synthesis from ``{stream: LongTensor[B x T]}`` (``Codec.decode`` calls this).
+
+        The default rebuilds both paths' features for the whole input and calls ``forward``. A decoder that works
+        window by window overrides it to look features up per window, so that decoding an hour keeps only the
+        output buffer, not an hour of features (``latent_diffusion`` does).
+        """
+        sem_names = {s.name for s in semantic_slot.streams()}
+        semantic = semantic_slot.from_tokens({k: v for k, v in tokens.items() if k in sem_names})
+        acoustic = acoustic_slot.from_tokens({k: v for k, v in tokens.items() if k not in sem_names}, semantic)
+        return self(semantic, acoustic, num_samples)
+
 
 @dataclass
 class BuildContext:

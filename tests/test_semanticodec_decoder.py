@@ -477,23 +477,55 @@ def test_streaming_token_decode_equals_feature_decode(micro):
     torch.testing.assert_close(micro.decode_tokens(tokens, Sem(), Ac(), 16000), micro.synthesize(features, 16000))
 
 
+def test_codec_decode_looks_features_up_window_by_window():
+    """``Codec.decode`` goes through the decoder's ``decode_tokens``: a long input never has more than a window of
+    features materialised, and the audio equals decoding the whole feature tensor."""
+    from codecfw.core.codec import build_codec
+    from codecfw.core.config import load_recipe
+
+    codec = build_codec(load_recipe("semanticodec_tiny", ["decoder.steps=1", "decoder.window_batch_size=1",
+                                                          "decoder.window_seconds=2.56"])).eval()
+    dec = codec.decoder
+    t = 3 * dec.window_tokens  # 4 windows with the 0.64 s overlap
+    tokens = {"semantic": torch.randint(0, 128, (1, t)), "acoustic": torch.randint(0, 256, (1, t))}
+    seen, lookup = [], codec.semantic.from_tokens
+
+    def recording_lookup(part):
+        seen.append(part["semantic"].shape[-1])
+        return lookup(part)
+
+    codec.semantic.from_tokens = recording_lookup
+    wav = codec.decode(tokens, t * 320)
+    assert len(seen) == len(dec.window_starts(t)) == 4 and max(seen) <= dec.window_tokens
+    codec.semantic.from_tokens = lookup
+    semantic = codec.semantic.from_tokens({"semantic": tokens["semantic"]})
+    whole = dec(semantic, codec.acoustic.from_tokens({"acoustic": tokens["acoustic"]}, semantic), t * 320)
+    torch.testing.assert_close(wav, whole)
+
+
 def test_inference_mode_decoding_matches_no_grad(micro):
-    """The cross-attention key/value cache must also work on inference tensors (no version counter)."""
     features = torch.randn(1, 40, 32)
     expected = micro.synthesize(features, 12800)
     with torch.inference_mode():
         torch.testing.assert_close(micro.synthesize(features, 12800), expected, atol=1e-6, rtol=0)
 
 
-def test_context_cache_is_exact_and_refreshed(micro):
-    """Cached keys/values give the uncached result, and a new context is never served stale keys."""
+def test_precomputed_context_keys_values_are_exact(micro):
+    """Keys/values computed once per context give what recomputing them at every step gives, and a different
+    context gives a different result (nothing is served from an earlier context)."""
     windows, x_T = torch.randn(2, 32, 32), torch.randn(2, *micro.latent_shape)
-    cached = micro.sample_latents(windows, x_T, steps=3)
+    once = micro.sample_latents(windows, x_T, steps=3)
     other = micro.sample_latents(windows + 1, x_T, steps=3)
-    micro.unet.cache_context(False)
+    micro.cfg.cache_context = False
     try:
-        torch.testing.assert_close(micro.sample_latents(windows, x_T, steps=3), cached, atol=1e-5, rtol=0)
+        torch.testing.assert_close(micro.sample_latents(windows, x_T, steps=3), once, atol=1e-5, rtol=0)
         torch.testing.assert_close(micro.sample_latents(windows + 1, x_T, steps=3), other, atol=1e-5, rtol=0)
     finally:
-        micro.unet.cache_context(True)
-    assert (cached - other).abs().max() > 1e-3
+        micro.cfg.cache_context = True
+    assert (once - other).abs().max() > 1e-3
+    ctx = torch.randn(1, 32, micro.unet.config.cross_attention_dim)
+    kv = micro.unet.context_kv(ctx)
+    assert len(kv) == len(micro.unet.cross_attentions()) and kv[0][0].shape[:2] == (1, 32)
+    with pytest.raises(ValueError, match="attention mask"):
+        micro.unet(torch.randn(1, *micro.latent_shape), 5, encoder_hidden_states=ctx,
+                   encoder_attention_mask=torch.ones(1, 32), cross_attention_kwargs={"context_kv": kv})

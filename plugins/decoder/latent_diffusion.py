@@ -154,8 +154,6 @@ class LatentDiffusionDecoder(Decoder):
             attention_resolutions=tuple(cfg.attention_resolutions), num_head_channels=cfg.num_head_channels,
             context_dim=self.feature_dim + cfg.position_dim, transformer_depth=cfg.transformer_depth,
             extra_self_attention=cfg.extra_self_attention)
-        if cfg.cache_context:
-            self.unet.cache_context()
         self.vae = build_vae(self.vae_spec, encoder=cfg.vae_encoder).requires_grad_(False).eval()
         if cfg.channels_last:
             self.unet.to(memory_format=torch.channels_last)
@@ -294,17 +292,17 @@ class LatentDiffusionDecoder(Decoder):
         x = x_T.float()
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        try:
-            return self._denoise(x, ctx, timesteps, scheduler, guidance, eta, sampler, step_noise)
-        finally:
-            self.unet.clear_context_cache()
+        with self._autocast(cfg.precision):
+            kv = {"context_kv": self.unet.context_kv(ctx)} if cfg.cache_context else None
+        return self._denoise(x, ctx, kv, timesteps, scheduler, guidance, eta, sampler, step_noise)
 
-    def _denoise(self, x: Tensor, ctx: Tensor, timesteps: Tensor, scheduler, guidance: float, eta: float,
-                 sampler: str, step_noise) -> Tensor:
+    def _denoise(self, x: Tensor, ctx: Tensor, kv: dict | None, timesteps: Tensor, scheduler, guidance: float,
+                 eta: float, sampler: str, step_noise) -> Tensor:
         cfg, guided = self.cfg, guidance != 1.0
         for i, t in enumerate(timesteps):
             with self._autocast(cfg.precision):
-                v = self.unet(torch.cat([x, x]) if guided else x, t, encoder_hidden_states=ctx).sample.float()
+                v = self.unet(torch.cat([x, x]) if guided else x, t, encoder_hidden_states=ctx,
+                              cross_attention_kwargs=kv).sample.float()
             if guided:
                 v_uncond, v_cond = v.chunk(2)
                 v = v_uncond + guidance * (v_cond - v_uncond)

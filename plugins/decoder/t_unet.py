@@ -61,37 +61,29 @@ class SelfCrossTransformer(nn.Module):
         return (out,)
 
 
-class CachedContextAttnProcessor(AttnProcessor2_0):
-    """SDPA cross-attention that computes the context's keys and values once per context tensor.
+class ContextKVAttnProcessor(AttnProcessor2_0):
+    """SDPA attention whose cross-attention can take its keys and values precomputed.
 
     A window's context is the same at every diffusion step, yet ``to_k``/``to_v`` of ``[B x 512 x 1728]`` are about
-    a quarter of the official T-UNet's FLOPs when recomputed each step. Used only without autograd; the cache holds
-    the last context seen (checked by identity, version and autocast state) until :meth:`clear`.
+    a quarter of the official T-UNet's FLOPs when recomputed each step. :meth:`TUNet2DConditionModel.context_kv`
+    computes them once; ``cross_attention_kwargs={"context_kv": kv}`` then hands cross-attention number ``slot``
+    its pair. The values are plain call arguments (no state kept between calls), so a compiled UNet sees them as
+    graph inputs. Self-attentions (``slot=None``) accept and ignore the argument: diffusers warns about keyword
+    arguments a processor's signature lacks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, slot: int | None = None) -> None:
         super().__init__()
-        self.clear()
-
-    def clear(self) -> None:
-        self._key: tuple | None = None
-        self._kv: tuple[Tensor, Tensor] | None = None
-        self._source: Tensor | None = None
+        self.slot = slot
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
-                 attention_mask: Tensor | None = None, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
-        if (encoder_hidden_states is None or attention_mask is not None or torch.is_grad_enabled()
-                or hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None
-                or attn.residual_connection or attn.norm_q is not None):
+                 attention_mask: Tensor | None = None, temb: Tensor | None = None,
+                 context_kv: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        if context_kv is None or self.slot is None:
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        # Inference tensors (torch.inference_mode) keep no version counter: identity must do there.
-        version = -1 if encoder_hidden_states.is_inference() else encoder_hidden_states._version
-        key = (id(encoder_hidden_states), version, torch.is_autocast_enabled(hidden_states.device.type))
-        if self._key != key:
-            context = attn.norm_encoder_hidden_states(encoder_hidden_states) if attn.norm_cross else encoder_hidden_states
-            self._kv, self._key = (attn.to_k(context), attn.to_v(context)), key
-            self._source = encoder_hidden_states  # keeps id() unique while cached
-        k, v = self._kv
+        if attention_mask is not None:
+            raise ValueError("precomputed context keys/values do not take an attention mask")
+        k, v = context_kv[self.slot]
         b, heads = hidden_states.shape[0], attn.heads
         q = attn.to_q(hidden_states)
         d = k.shape[-1] // heads
@@ -113,7 +105,9 @@ class TUNet2DConditionModel(UNet2DConditionModel):
     extra_self_attention : the reference's ``extra_sa_layer`` (a self-attention transformer before each
         cross-attention one).
 
-    ``forward(sample, timestep, encoder_hidden_states)`` is diffusers' own: sample Tensor[B x C x T x F].
+    ``forward(sample, timestep, encoder_hidden_states)`` is diffusers' own: sample Tensor[B x C x T x F]; add
+    ``cross_attention_kwargs={"context_kv": self.context_kv(encoder_hidden_states)}`` to reuse the context's
+    keys/values across steps.
     """
 
     @register_to_config
@@ -142,18 +136,22 @@ class TUNet2DConditionModel(UNet2DConditionModel):
             if getattr(block, "attentions", None) is not None:
                 block.attentions = nn.ModuleList(SelfCrossTransformer(t, extra_self_attention)
                                                  for t in block.attentions)
+        self.set_attn_processor(ContextKVAttnProcessor())
+        for slot, attn in enumerate(self.cross_attentions()):
+            attn.set_processor(ContextKVAttnProcessor(slot))
 
     def cross_attentions(self) -> list[nn.Module]:
         """The context attentions (``attn2`` of every cross-attention transformer block)."""
         return [block.attn2 for site in self.modules() if isinstance(site, SelfCrossTransformer)
                 for block in site.cross_transformer.transformer_blocks]
 
-    def cache_context(self, enabled: bool = True) -> None:
-        """Compute cross-attention keys/values once per context (see :class:`CachedContextAttnProcessor`)."""
-        for attn in self.cross_attentions():
-            attn.set_processor(CachedContextAttnProcessor() if enabled else AttnProcessor2_0())
+    def context_kv(self, context: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """context : Tensor[B x L x context_dim] → per cross-attention (keys, values), each Tensor[B x L x width].
 
-    def clear_context_cache(self) -> None:
+        Pass the result as ``cross_attention_kwargs={"context_kv": kv}`` to every step that uses this context.
+        """
+        kv = []
         for attn in self.cross_attentions():
-            if isinstance(attn.processor, CachedContextAttnProcessor):
-                attn.processor.clear()
+            c = attn.norm_encoder_hidden_states(context) if attn.norm_cross else context
+            kv.append((attn.to_k(c), attn.to_v(c)))
+        return kv
