@@ -28,7 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse stops filling the trailing KEY.SUB=VALUE positional at the first option after the recipe
+        # (`codecfw train r.yaml --run-dir x train.lr=1e-4`); such words are overrides all the same.
+        words = [w for w in extra if "=" in w and not w.startswith("-")]
+        target = "recipes" if hasattr(args, "recipes") else "overrides"
+        if len(words) != len(extra) or not hasattr(args, "override_options"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(args, target, [*getattr(args, target), *words])
     if args.version:
         from .. import __version__
 

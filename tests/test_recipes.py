@@ -143,6 +143,16 @@ def test_cli_validate_exits_2_with_all_errors(cli_registry, tmp_path, capsys):
     assert "acoustic.codebook_size" in capsys.readouterr().err
     assert main(["validate", str(good), "--override", "acoustic.codebook_size=-1"]) == 2
     assert "acoustic.codebook_size: expected an integer > 1, got -1" in capsys.readouterr().err
+    # overrides after an option are still overrides (argparse alone would reject them as unrecognized)
+    assert main(["validate", str(good), "--build", "acoustic.codebook_size=-1"]) == 2
+    assert "acoustic.codebook_size: expected an integer > 1, got -1" in capsys.readouterr().err
+    assert main(["train", str(good), "--device", "cpu", "acoustic.codebook_size=-1"]) == 2
+    assert "acoustic.codebook_size: expected an integer > 1, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["validate", str(good), "--build", "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    assert main(["validate", str(good), "--override", "acoustic.codebook_size=-1"]) == 2
+    assert "acoustic.codebook_size: expected an integer > 1, got -1" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
 
