@@ -8,8 +8,9 @@ memory for a long input.
   codecfw's official-checkpoint mapping) and tokens; without it only codecfw's figures are printed. The reference
   imports ``timm`` for AudioMAE's ViT block; when timm is missing a small stand-in (same names and maths) is put
   on ``sys.path``.
-- ``--encode``: also times encoding 10.24 s: the reference's ``SemantiCodec.encode`` against ``Codec.encode`` of the
-  codec ``codecfw import semanticodec`` would make from the reference's (random) state dicts.
+- ``--encode``: also times encoding ``--encode-seconds`` (default 10): the reference's ``SemantiCodec.encode``
+  against ``Codec.encode`` of the codec ``codecfw import semanticodec`` would make from the reference's (random)
+  state dicts.
 - Decode: DDIM with ``--steps`` steps and guidance 2 for both (the reference's defaults: 50 steps, guidance 2),
   then codecfw with ``--fast-sampler`` at ``--fast-steps``.
 - Memory: codecfw's streaming ``decode_tokens`` on 1 and ``--memory-minutes`` minutes of tokens (1 step, in
@@ -325,7 +326,8 @@ def roofline(args, dec, windows: int, steps: int, ref_s: float | None) -> None:
 
 
 def encode_benchmark(args, main_mod, ref, k: int) -> None:
-    """Encode 10.24 s with the reference encoder and with the codecfw codec converted from its state dicts."""
+    """Encode ``--encode-seconds`` with the reference encoder and with the codecfw codec converted from its state
+    dicts."""
     import numpy as np
     import torchaudio
     from semanticodec.modules.encoder.encoder import AudioMAEConditionQuantResEncoder
@@ -343,11 +345,13 @@ def encode_benchmark(args, main_mod, ref, k: int) -> None:
                                                    lstm_layer={1: 4, 2: 3, 4: 2}[k]).eval()
     randomize_(encoder, seed=3)
     ref.encoder = encoder
+    batching = {} if args.encode_batch is None else {"semantic": {"max_batch_segments": args.encode_batch},
+                                                     "acoustic": {"max_batch_windows": args.encode_batch}}
     converted = convert_semanticodec(encoder.state_dict(), ref.decoder.state_dict(), {4096: centroids}, k,
-                                     vocab_size=4096, overrides={"decoder": SMALL if args.small else {}})
+                                     vocab_size=4096, overrides={"decoder": SMALL if args.small else {}, **batching})
     codec = build_codec(validate_recipe(converted.recipe)).eval()
     codec.load_state_dict(converted.state_dict, strict=False)
-    wav = 0.1 * torch.randn(1, int(10.0 * SAMPLE_RATE))
+    wav = 0.1 * torch.randn(1, int(args.encode_seconds * SAMPLE_RATE))
     load = torchaudio.load
     # The reference takes a file path; torchaudio.load needs torchcodec (absent), so it returns the tensor.
     torchaudio.load = lambda *_, **__: (wav, SAMPLE_RATE)
@@ -360,8 +364,15 @@ def encode_benchmark(args, main_mod, ref, k: int) -> None:
     n = min(ref_tokens.shape[1], ours_tokens["semantic"].shape[1])
     same = [100 * float((ref_tokens[0, :n, i] == ours_tokens[name][0, :n]).float().mean())
             for i, name in enumerate(["semantic", "acoustic"])]
-    print(f"\nencode 10 s: reference {ref_s:6.1f} s, codecfw {ours_s:6.1f} s, speed-up {ref_s / ours_s:.2f}x "
+    print(f"\nencode {args.encode_seconds:g} s: reference {ref_s:6.1f} s, codecfw {ours_s:6.1f} s, "
+          f"speed-up {ref_s / ours_s:.2f}x "
           f"(equal tokens on the {n} common positions: semantic {same[0]:.1f}%, acoustic {same[1]:.1f}%)")
+    per_segment = int(round(10.24 * 50 / k))
+    for i, name in enumerate(["semantic", "acoustic"]):
+        where = torch.nonzero(ref_tokens[0, :n, i] != ours_tokens[name][0, :n]).flatten()
+        if len(where):
+            counts = torch.bincount(where // per_segment).tolist()
+            print(f"  {name} differences per 10.24 s segment: {counts}")
 
 
 def main() -> None:
@@ -380,6 +391,10 @@ def main() -> None:
     parser.add_argument("--memory-full", action="store_true", help="full-size model for the memory check")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--encode", action="store_true", help="also time encoding (needs --reference-path)")
+    parser.add_argument("--encode-batch", type=int, default=None,
+                        help="10.24 s segments per AudioMAE/BiLSTM call in codecfw (default: the recipe's 8 / 16)")
+    parser.add_argument("--encode-seconds", type=float, default=10.0,
+                        help="audio to encode; above 10.24 s codecfw batches the segments the reference loops over")
     parser.add_argument("--roofline", action="store_true",
                         help="time UNet step, VAE and vocoder apart, count their FLOPs, and bound the speed-up")
     parser.add_argument("--memory-child", type=float, default=None, help=argparse.SUPPRESS)
