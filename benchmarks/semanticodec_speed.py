@@ -345,8 +345,11 @@ def encode_benchmark(args, main_mod, ref, k: int) -> None:
                                                    lstm_layer={1: 4, 2: 3, 4: 2}[k]).eval()
     randomize_(encoder, seed=3)
     ref.encoder = encoder
-    batching = {} if args.encode_batch is None else {"semantic": {"max_batch_segments": args.encode_batch},
-                                                     "acoustic": {"max_batch_windows": args.encode_batch}}
+    semantic = {"reference_compat": True} if args.reference_compat else {}
+    acoustic = {}
+    if args.encode_batch is not None:
+        semantic["max_batch_segments"] = acoustic["max_batch_windows"] = args.encode_batch
+    batching = {"semantic": semantic, "acoustic": acoustic}
     converted = convert_semanticodec(encoder.state_dict(), ref.decoder.state_dict(), {4096: centroids}, k,
                                      vocab_size=4096, overrides={"decoder": SMALL if args.small else {}, **batching})
     codec = build_codec(validate_recipe(converted.recipe)).eval()
@@ -393,6 +396,9 @@ def main() -> None:
     parser.add_argument("--encode", action="store_true", help="also time encoding (needs --reference-path)")
     parser.add_argument("--encode-batch", type=int, default=None,
                         help="10.24 s segments per AudioMAE/BiLSTM call in codecfw (default: the recipe's 8 / 16)")
+    parser.add_argument("--reference-compat", action="store_true",
+                        help="encode with semantic.reference_compat (one fbank over the whole file, the reference's "
+                             "token count) instead of codecfw's per-window fbank")
     parser.add_argument("--encode-seconds", type=float, default=10.0,
                         help="audio to encode; above 10.24 s codecfw batches the segments the reference loops over")
     parser.add_argument("--roofline", action="store_true",
