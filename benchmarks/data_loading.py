@@ -23,7 +23,7 @@ import torchaudio
 from torch.utils.data import DataLoader, Dataset
 
 from codecfw.core.config import DataConfig
-from codecfw.core.data import AudioDataset, build_dataloader, collate_audio
+from codecfw.core.data.dataset import AudioDataset, build_dataloader, collate_audio
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo" / "manifest.jsonl"
 

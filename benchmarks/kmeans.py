@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codecfw.core.clustering import KMeans, KMeansConfig, evaluate
-from codecfw.core.feature_store import ArrayStore, FeatureStore, FeatureWriter
+from codecfw.core.clustering.kmeans import KMeans, KMeansConfig, evaluate
+from codecfw.core.clustering.feature_store import ArrayStore, FeatureStore, FeatureWriter
 
 
 def make_data(rows: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:

@@ -46,7 +46,7 @@ def _tokenizer(checkpoint: str | None):
         from codecfw import load
 
         return load(checkpoint)
-    from codecfw.core.api import AudioTokenizer
+    from codecfw.core.tokenizer.api import AudioTokenizer
     from codecfw.core.config import validate_recipe
     from codecfw.core.registry import Registry
     from codecfw.tests import toy_codec
@@ -73,13 +73,13 @@ def worker(args) -> None:
         tf = tok.encode(torch.from_numpy(wave), sr, chunked=False)[0]
         tf.save(args.tokens)
     elif args.worker == "decode":
-        from codecfw.core.tokens import TokenFile
+        from codecfw.core.tokenizer.tokens import TokenFile
 
         tok.decode_to_file(TokenFile.load(args.tokens), args.output, batch_size=args.batch_size)
     elif args.worker == "decode-whole":
         import soundfile as sf
 
-        from codecfw.core.tokens import TokenFile
+        from codecfw.core.tokenizer.tokens import TokenFile
 
         wave = tok.decode(TokenFile.load(args.tokens), chunked=False)[0]
         sf.write(args.output, wave.reshape(-1).clamp(-1, 1).numpy(), tok.sample_rate, subtype="PCM_16")
@@ -179,7 +179,7 @@ def main() -> None:
 def _same_tokens(a: Path, b: Path) -> bool:
     import numpy as np
 
-    from codecfw.core.tokens import TokenFile
+    from codecfw.core.tokenizer.tokens import TokenFile
 
     x, y = TokenFile.load(a), TokenFile.load(b)
     return all(np.array_equal(x.tokens[k], y.tokens[k]) for k in x.tokens)

@@ -334,7 +334,7 @@ def encode_benchmark(args, main_mod, ref, k: int) -> None:
 
     from codecfw.core.codec import build_codec
     from codecfw.core.config import validate_recipe
-    from codecfw.plugins.semantic.semanticodec_checkpoint import convert_semanticodec
+    from codecfw.plugins.pretrained.semanticodec import convert_semanticodec
 
     torch.manual_seed(2)
     centroids = torch.randn(4096, 768 * k)

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from codecfw.core.config import load_recipe, validate_recipe
     from codecfw.core.registry import get_registry
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.trainer import Trainer
 
     registry = get_registry()
     overrides = list(args.overrides)

@@ -27,8 +27,8 @@ def build_models(small: bool, seed: int = 0):
 
     from codecfw.core.codec import build_codec
     from codecfw.core.config import validate_recipe
-    from codecfw.plugins.acoustic.dac_blocks import remove_weight_norm
-    from codecfw.plugins.semantic.xcodec_checkpoint import recipe_from_transformers, transformers_to_codecfw
+    from codecfw.plugins.nn.dac import remove_weight_norm
+    from codecfw.plugins.pretrained.xcodec import recipe_from_transformers, transformers_to_codecfw
 
     torch.manual_seed(seed)
     if small:

@@ -58,7 +58,7 @@ class RecipeError(ValueError):
 
 
 class DataConfig(StrictModel):
-    """Where audio comes from and how it is cut (see ``codecfw.core.data``)."""
+    """Where audio comes from and how it is cut (see ``codecfw.core.data.dataset``)."""
 
     train: str | None = Field(None, description="manifest (.jsonl/.csv) or folder of audio for training")
     valid: str | None = Field(None, description="manifest or folder for validation; fixed crops")
@@ -80,7 +80,7 @@ class DataConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """The loop's settings (see ``codecfw.core.trainer``)."""
+    """The loop's settings (see ``codecfw.core.training.trainer``)."""
 
     steps: int = Field(1000, gt=0)
     seed: int = 0

@@ -30,6 +30,7 @@ SLOT_HOOKS = {
     "metric": "register_metrics",
     "dataset": "register_datasets",
     "pretrained": "register_pretrained",
+    "importer": "register_importers",
 }
 
 
@@ -71,3 +72,10 @@ def register_datasets(register):
 @hookspec
 def register_pretrained(register):
     """Register pretrained checkpoint names (slot ``pretrained``), e.g. ``semanticodec-100tps.32k``."""
+
+
+@hookspec
+def register_importers(register):
+    """Register ``codecfw import SOURCE`` converters (slot ``importer``): ``register(kind, ImporterSpec subclass,
+    importer, arguments=add_arguments, help=...)`` where ``add_arguments(parser)`` declares the source's options and
+    ``importer(spec, args) -> Path`` writes the checkpoint folder ``args.output``."""

@@ -18,8 +18,8 @@ with :class:`PretrainedUnavailable` naming the cache folder and the files expect
 recipe, builds the codec, loads the weights strictly, and caches the result as a codecfw checkpoint folder under
 ``$CODECFW_CACHE/pretrained/<name>/`` so later loads skip the conversion.
 
-codecfw's own names (SemantiCodec, X-Codec) are registered by this module through the ``pretrained`` entry point;
-their converters live with the plugins that build those codecs and are imported only when a name is loaded.
+codecfw's own names (SemantiCodec, X-Codec) are registered by :mod:`codecfw.plugins.pretrained.names` through the
+``pretrained`` entry point, like a third party's; their converters are imported only when a name is loaded.
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from pydantic import Field, create_model
-
-from codecfw import hookimpl
 
 from .config import PluginConfig
 
@@ -57,6 +55,12 @@ class PretrainedSpec(PluginConfig):
     description: str = ""
     license: str = ""
     url: str = ""
+
+
+class ImporterSpec(PluginConfig):
+    """A ``codecfw import SOURCE`` converter (slot ``importer``); subclass it with ``kind: Literal["<source>"]``."""
+
+    kind: str
 
 
 def pretrained_spec(name: str, **fields: Any) -> type[PretrainedSpec]:
@@ -170,7 +174,7 @@ def converted_folder(spec: PretrainedSpec) -> Path:
 def load_pretrained(name: str, registry=None, cache_dir: str | os.PathLike | None = None, reconvert: bool = False):
     """Fetch, convert (or reuse the cached conversion), validate, build, load weights.
     Returns (codec in eval mode, recipe, meta)."""
-    from .api import CheckpointError, load_checkpoint
+    from .tokenizer.api import CheckpointError, load_checkpoint
     from .registry import get_registry
 
     registry = registry or get_registry()
@@ -211,52 +215,3 @@ def save_converted(folder: Path, spec: PretrainedSpec, converted: Converted, reg
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# codecfw's own names
-# ---------------------------------------------------------------------------------------------------------------
-
-SEMANTICODEC_CONVERTER = "codecfw.plugins.semantic.audiomae:convert_official_semanticodec"
-XCODEC_CONVERTER = "codecfw.plugins.semantic.ssl_teacher:convert_official_xcodec"
-_VOCAB = {"4k": 4096, "8k": 8192, "16k": 16384, "32k": 32768}
-
-
-def builtin_specs() -> list[tuple[str, type[PretrainedSpec], str]]:
-    """(name, spec class, converter target) of the official SemantiCodec and X-Codec checkpoints."""
-    out = []
-    for tps in (100, 50, 25):
-        stack = 100 // tps
-        for tag, vocab in _VOCAB.items():
-            name = f"semanticodec-{tps}tps.{tag}"
-            codebook = f"codebook_idx/combine_{512 // stack}_audioset_dominate/codebook_{vocab // 2}_0.npy"
-            out.append((name, pretrained_spec(
-                name, repo_id="haoheliu/SemantiCodec",
-                files=[f"semanticodec_tokenrate_{tps}/encoder.ckpt", f"semanticodec_tokenrate_{tps}/decoder.ckpt",
-                       codebook],
-                options={"token_rate": tps, "stack_factor": stack, "semantic_vocab_size": vocab},
-                description=f"SemantiCodec, {tps} tokens/s over 2 streams, {vocab}-entry semantic codebook, 16 kHz",
-                license="MIT (model card)", url="https://huggingface.co/haoheliu/SemantiCodec"),
-                SEMANTICODEC_CONVERTER))
-    xcodec = {
-        "xcodec-hubert-librispeech": ("xcodec_speech_hubert_librispeech.pth", "config_hubert.yaml",
-                                      "facebook/hubert-base-ls960", "speech, LibriSpeech"),
-        "xcodec-wavlm-mls": ("xcodec_speech_wavlm_mls.pth", "config_wavlm.yaml", "microsoft/wavlm-base-plus",
-                             "speech, MLS English"),
-        "xcodec-wavlm-more-data": ("xcodec_speech_wavlm_more_data.pth", "config_wavlm.yaml",
-                                   "microsoft/wavlm-base-plus", "speech, MLS English + internal data"),
-        "xcodec-hubert-general": ("xcodec_hubert_general_audio_v2.pth", "config_hubert_general.yaml",
-                                  "ZhenYe234/hubert_base_general_audio", "general audio, 200k h internal data"),
-    }
-    for name, (weights, config, teacher, what) in xcodec.items():
-        out.append((name, pretrained_spec(
-            name, repo_id="ZhenYe234/xcodec", files=[weights, config], options={"teacher": teacher},
-            description=f"X-Codec ({what}), 16 kHz, 8 RVQ layers of 1024 at 50 Hz",
-            url="https://huggingface.co/ZhenYe234/xcodec"), XCODEC_CONVERTER))
-    return out
-
-
-@hookimpl
-def register_pretrained(register):
-    for name, spec, target in builtin_specs():
-        register(name, spec, lazy_converter(target))

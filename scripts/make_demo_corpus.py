@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from codecfw.core.data import read_audio, resample
+from codecfw.core.data.dataset import read_audio, resample
 
 REPO = Path(__file__).resolve().parent.parent
 SR = 16000

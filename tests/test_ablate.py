@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from codecfw.core.ablate import AblationError, parse_variants, recipe_diff, run_ablation, split_overrides
+from codecfw.core.evaluation.ablate import AblationError, parse_variants, recipe_diff, run_ablation, split_overrides
 
 from .toy_codec import TOY_RECIPE
 from .training_support import make_corpus, toy_recipe

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from codecfw.core import checkpoint as ckpt
-from codecfw.core.distributed import rng_state, set_rng_state
+from codecfw.core.training.distributed import rng_state, set_rng_state
 
 
 def _model(seed: int = 0) -> nn.Module:

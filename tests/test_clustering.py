@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from codecfw.core.clustering import (KMeans, KMeansConfig, evaluate, load_centroids, nearest_centroid,
+from codecfw.core.clustering.kmeans import (KMeans, KMeansConfig, evaluate, load_centroids, nearest_centroid,
                                      size_histogram, split_codebook_size)
-from codecfw.core.feature_store import ArrayStore, FeatureStore, FeatureWriter
+from codecfw.core.clustering.feature_store import ArrayStore, FeatureStore, FeatureWriter
 
 
 def blobs(k: int = 12, dim: int = 16, n: int = 6000, seed: int = 0, spread: float = 10.0):

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from codecfw.core import data as D
+from codecfw.core.data import dataset as D
 from codecfw.core.config import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from codecfw.core.config import validate_recipe
-from codecfw.core.trainer import Trainer
+from codecfw.core.training.trainer import Trainer
 
 # absolute import: the spawned children unpickle ddp_worker by its module name
 from codecfw.tests.training_support import ddp_worker, make_corpus, read_metrics, toy_recipe, training_registry

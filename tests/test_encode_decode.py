@@ -15,15 +15,16 @@ import torch
 
 from codecfw import hookimpl
 from codecfw.core import registry as registry_module
-from codecfw.core.api import AudioTokenizer, CheckpointError, load
-from codecfw.core.audio_stream import AudioError, AudioSource, StreamingResampler
+from codecfw.core.tokenizer.api import AudioTokenizer, CheckpointError, load
+from codecfw.core.data.stream import AudioError, AudioSource, StreamingResampler
 from codecfw.core.checkpoint import save_checkpoint
-from codecfw.core.chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy, windows
+from codecfw.core.tokenizer.chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy, windows
 from codecfw.core.cli import main
 from codecfw.core.codec import build_codec
 from codecfw.core.config import validate_recipe
-from codecfw.core.pretrained import Converted, PretrainedUnavailable, builtin_specs, pretrained_spec
-from codecfw.core.tokens import TokenFile
+from codecfw.core.pretrained import Converted, PretrainedUnavailable, pretrained_spec
+from codecfw.plugins.pretrained.names import builtin_specs
+from codecfw.core.tokenizer.tokens import TokenFile
 from codecfw.core.types import TokenStream
 
 from .toy_codec import TOY_RECIPE
@@ -462,7 +463,7 @@ def test_pretrained_from_a_local_folder(tmp_path, pretrained, monkeypatch):
 def test_builtin_names_point_at_the_official_files(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from codecfw.core import pretrained as pretrained_module
+    from codecfw.plugins.pretrained import names as pretrained_module
     from codecfw.core.registry import Registry
 
     specs = {name: spec() for name, spec, _ in builtin_specs()}

@@ -17,11 +17,11 @@ import soundfile as sf
 import torch
 
 from codecfw import hookimpl
-from codecfw.core.anchors import Codec2Anchor, OpusAnchor, build_anchors, ogg_packet_bytes
+from codecfw.core.evaluation.anchors import Codec2Anchor, OpusAnchor, build_anchors, ogg_packet_bytes
 from codecfw.core.config import validate_recipe
-from codecfw.core.evaluate import CodecSystem, IdentitySystem, evaluate, load_clips, load_system
+from codecfw.core.evaluation.evaluate import CodecSystem, IdentitySystem, evaluate, load_clips, load_system
 from codecfw.core.metric import Metric, MetricConfig, build_metrics, load_metric_configs
-from codecfw.core.probe import clip_features, run_probe, stratified_folds
+from codecfw.core.evaluation.probe import clip_features, run_probe, stratified_folds
 
 from .toy_codec import TOY_RECIPE
 

@@ -32,7 +32,7 @@ TRANSCRIPT = "Rice is often served in round bowls."
 
 @pytest.fixture(scope="module")
 def speech():
-    from codecfw.core.data import read_audio
+    from codecfw.core.data.dataset import read_audio
 
     return read_audio(FIXTURES / "speech_kal.flac", 16000)[0]
 

@@ -135,7 +135,7 @@ def test_anchoring_loss_pulls_projection_towards_teacher():
       " codebooks: [{size: 64}], vocab_size: 64}"], "audiomae_kmeans", "simvq_residual"),
 ])
 def test_recipe_swaps_train_through_the_loop(tmp_path, overrides, semantic_kind, acoustic_kind):
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.trainer import Trainer
 
     recipe = tiny("semantic.codebook=null", *overrides, "train.steps=2", "train.valid_every=2",
                   "train.checkpoint_every=2", "train.log_every=1", "train.valid_batches=1", "data.batch_size=2",
@@ -154,7 +154,7 @@ def test_recipe_swaps_train_through_the_loop(tmp_path, overrides, semantic_kind,
 
 
 def test_chunked_encoding_and_decoding_equal_whole_file():
-    from codecfw.core.api import AudioTokenizer
+    from codecfw.core.tokenizer.api import AudioTokenizer
 
     tokenizer = AudioTokenizer.from_recipe(tiny(*NO_TEACHER), chunk_seconds=1.0)
     assert tokenizer.policy.exact and tokenizer.policy.context >= 16000

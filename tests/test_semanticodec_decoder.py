@@ -539,7 +539,7 @@ def test_tiny_recipe_trains_on_the_demo_corpus_with_the_frozen_parts_frozen(tmp_
     from codecfw.core.codec import build_codec
     from codecfw.core.config import load_recipe
     from codecfw.core.registry import get_registry
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.trainer import Trainer
 
     from .training_support import read_metrics
 

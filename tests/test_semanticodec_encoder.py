@@ -314,8 +314,8 @@ def test_config_validation():
 
 
 def test_chunked_encoding_equals_whole_file():
-    """Windows are encoded on their own, so the chunked path (codecfw.core.chunking) gives the whole-file tokens."""
-    from codecfw.core.chunking import encode_stream, resolve_chunk_policy
+    """Windows are encoded on their own, so the chunked path (codecfw.core.tokenizer.chunking) gives the whole-file tokens."""
+    from codecfw.core.tokenizer.chunking import encode_stream, resolve_chunk_policy
 
     fe = frontend(stack_factor=4, embed_dim=16, depth=2, num_heads=2, contextual_depth=0).eval()
     ac = build_bilstm_ema_vq(BiLSTMEMAVQConfig(lstm_layers=1, codebook_size=16),

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from codecfw.plugins.semantic.audiomae import audiomae_pos_embed
-from codecfw.plugins.semantic.semanticodec_checkpoint import (convert_encoder_state, import_semanticodec,
+from codecfw.plugins.pretrained.semanticodec import (convert_encoder_state, import_semanticodec,
                                                               local_files, read_state)
 
 from .test_semanticodec_encoder import case, regen
@@ -117,7 +117,7 @@ def test_converted_checkpoint_layout(converted, official_folder):
 
 
 def test_converted_codec_reproduces_reference_tokens(converted, registry):
-    from codecfw.core.api import load_checkpoint
+    from codecfw.core.tokenizer.api import load_checkpoint
 
     codec, recipe, _ = load_checkpoint(converted, registry)
     wave = case("fbank_frontend")[1]["in/waveform"]  # 3.3 s: 168 tokens per stream, rows >= 165 are padding

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from codecfw.core.tokens import (MAGIC, SUFFIX, TokenFile, TokenFileCorrupt, TokenFileError, TokenFileMismatch,
+from codecfw.core.tokenizer.tokens import (MAGIC, SUFFIX, TokenFile, TokenFileCorrupt, TokenFileError, TokenFileMismatch,
                                  bits_for, export_tokens, pack_tokens, token_matrix, unpack_tokens)
 from codecfw.core.types import TokenStream
 

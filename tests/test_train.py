@@ -17,9 +17,9 @@ import yaml
 
 from codecfw.core.checkpoint import latest_checkpoint, read_meta
 from codecfw.core.config import validate_recipe
-from codecfw.core.objectives import (discriminator_loss, feature_matching_loss, generator_adversarial_loss,
+from codecfw.core.training.objectives import (discriminator_loss, feature_matching_loss, generator_adversarial_loss,
                                      weighted_slot_losses)
-from codecfw.core.trainer import LRSchedule, Trainer
+from codecfw.core.training.trainer import LRSchedule, Trainer
 
 from .training_support import make_corpus, read_metrics, toy_recipe, training_registry
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from codecfw.core.codec import build_codec
 from codecfw.core.config import RECIPES_DIR, load_recipe
 from codecfw.core.types import BuildContext, SemanticOutput
-from codecfw.plugins.acoustic.dac_blocks import DACDecoder
+from codecfw.plugins.nn.dac import DACDecoder
 from codecfw.plugins.acoustic.dac_rvq import DACResidualQuantizer, DACRVQConfig
 from codecfw.plugins.semantic.ssl_teacher import SSLTeacherConfig, SSLTeacherFrontend, TeacherNotFoundError
 
@@ -303,7 +303,7 @@ def test_stft_losses_and_pqmf():
 
 
 def test_adversarial_step_through_the_objective(tiny_recipe):
-    from codecfw.core.objectives import DiscriminatorSet, build_objective
+    from codecfw.core.training.objectives import DiscriminatorSet, build_objective
     from codecfw.core.registry import get_registry
 
     registry = get_registry()

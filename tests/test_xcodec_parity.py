@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-from codecfw.core.api import load_checkpoint
+from codecfw.core.tokenizer.api import load_checkpoint
 from codecfw.core.codec import build_codec
 from codecfw.core.config import validate_recipe
-from codecfw.plugins.semantic.xcodec_checkpoint import (ConversionError, codecfw_to_original, convert_xcodec,
+from codecfw.plugins.pretrained.xcodec import (ConversionError, codecfw_to_original, convert_xcodec,
                                                         load_original_state, original_to_codecfw,
                                                         recipe_from_transformers, transformers_to_codecfw)
 

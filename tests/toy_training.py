@@ -1,7 +1,7 @@
 """Test-local plugins for the training loop: a tiny multi-scale discriminator, an L1 reconstruction loss and an
 acoustic quantizer with vector-quantize-pytorch's EMA codebook (k-means init, dead-code revival) for the DDP tests.
 
-They follow the contracts the loop defines (see ``codecfw.core.objectives``): a discriminator returns one
+They follow the contracts the loop defines (see ``codecfw.core.training.objectives``): a discriminator returns one
 ``(logits, [feature maps])`` per sub-discriminator, a loss has a ``weight`` and ``forward(y_hat, y) -> scalar``.
 """
 

@@ -87,8 +87,8 @@ def ddp_worker(rank: int, world_size: int, port: int, out: str, scenarios: list[
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from codecfw.core.config import validate_recipe
-    from codecfw.core.distributed import shutdown_distributed
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.distributed import shutdown_distributed
+    from codecfw.core.training.trainer import Trainer
 
     registry = training_registry()
     try:

@@ -133,7 +133,7 @@ def open_tokenizer(args: argparse.Namespace) -> Any:
     """Load the codec named by ``--checkpoint``; raises :class:`UsageError` with a message on failure."""
     import torch
 
-    from ..api import load
+    from ..tokenizer.api import load
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -6,7 +6,7 @@
 
 Variants are recipe files that ``include`` the base, or ``name:key=value,key=value`` overrides. Writes
 OUT/comparison.{csv,md}, OUT/plots/*.png, OUT/report.md, OUT/ablation.json and each variant's run and eval
-folders (see codecfw.core.ablate).
+folders (see codecfw.core.evaluation.ablate).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import sys
 
 
 def run(args) -> int:
-    from ..ablate import AblationError, parse_variants, run_ablation
+    from ..evaluation.ablate import AblationError, parse_variants, run_ablation
     from ..config import RecipeError
     from ..metric import MetricSpecError
     from ..registry import get_registry
-    from ..report import fmt
+    from ..evaluation.report import fmt
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -29,21 +29,21 @@ from . import add_recipe_arguments, recipe_arguments
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Input: the data pipeline's manifests and reader (codecfw.core.data)
+# Input: the data pipeline's manifests and reader (codecfw.core.data.dataset)
 # --------------------------------------------------------------------------------------------------------------
 
 
 def read_entries(source: str | Path, split: str | None = None) -> list[dict]:
-    """``{"path", "domain"}`` of each file of a manifest or folder (``codecfw.core.data.load_entries``)."""
-    from ..data import load_entries
+    """``{"path", "domain"}`` of each file of a manifest or folder (``codecfw.core.data.dataset.load_entries``)."""
+    from ..data.dataset import load_entries
 
     return [{"path": Path(e.path), "domain": e.domain} for e in load_entries(source, split)]
 
 
 def read_audio(path: str | Path, sample_rate: int):
-    """Mono waveform ``Tensor[N]`` at ``sample_rate`` (``codecfw.core.data.read_audio``: channel mean, sinc
+    """Mono waveform ``Tensor[N]`` at ``sample_rate`` (``codecfw.core.data.dataset.read_audio``: channel mean, sinc
     resampling)."""
-    from ..data import read_audio as data_read_audio
+    from ..data.dataset import read_audio as data_read_audio
 
     return data_read_audio(path, sample_rate).reshape(-1)
 
@@ -59,7 +59,7 @@ def extract_domain(frontend, entries: list[dict], directory: Path, sample_rate: 
     import numpy as np
     import torch
 
-    from ..feature_store import FeatureWriter, read_index, store_is_complete
+    from ..clustering.feature_store import FeatureWriter, read_index, store_is_complete
 
     index = directory / "index.json"
     if index.is_file():
@@ -180,10 +180,10 @@ def _hash(obj) -> str:
 def run(args) -> int:
     import torch
 
-    from ..clustering import KMeans, KMeansConfig, evaluate, size_histogram, split_codebook_size
+    from ..clustering.kmeans import KMeans, KMeansConfig, evaluate, size_histogram, split_codebook_size
     from ..config import RecipeError, load_recipe
-    from ..data import NoUsableAudioError
-    from ..feature_store import FeatureStore, atomic_write_json
+    from ..data.dataset import NoUsableAudioError
+    from ..clustering.feature_store import FeatureStore, atomic_write_json
     from ..registry import get_registry
     from ..types import BuildContext
 

@@ -12,8 +12,8 @@ from ._io import (Report, UsageError, add_codec_arguments, assign_targets, descr
 
 
 def run(args) -> int:
-    from ..audio_stream import AudioSink
-    from ..tokens import SUFFIX, TokenFile, TokenFileError
+    from ..data.stream import AudioSink
+    from ..tokenizer.tokens import SUFFIX, TokenFile, TokenFileError
 
     report = Report("decoded")
     suffix = f".{args.format}"

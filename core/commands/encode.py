@@ -15,8 +15,8 @@ from ._io import (Report, UsageError, add_codec_arguments, assign_targets, descr
 
 
 def run(args) -> int:
-    from ..audio_stream import AUDIO_SUFFIXES, MIXDOWNS, AudioError, AudioSource, audio_info
-    from ..tokens import SUFFIX
+    from ..data.stream import AUDIO_SUFFIXES, MIXDOWNS, AudioError, AudioSource, audio_info
+    from ..tokenizer.tokens import SUFFIX
 
     if args.mixdown not in MIXDOWNS:  # argparse choices already checks; kept for programmatic calls
         print(f"error: --mixdown must be one of {', '.join(MIXDOWNS)}", file=sys.stderr)

@@ -9,7 +9,7 @@
 
 SYSTEM is a checkpoint folder or run directory, a recipe (an untrained codec: plumbing checks), a registered
 pretrained name, or ``identity``. Metrics are ``kind`` or ``kind:key=value,...`` (or a YAML file with a list).
-Writes clips.csv, summary.csv, results.json, report.md, plots/ and audio/ under OUT (see codecfw.core.evaluate).
+Writes clips.csv, summary.csv, results.json, report.md, plots/ and audio/ under OUT (see codecfw.core.evaluation.evaluate).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def run(args) -> int:
     if not args.system or not args.data or not args.out:
         print("codecfw eval: SYSTEM, --data and -o/--out are required (or --list-metrics)", file=sys.stderr)
         return 2
-    from ..anchors import build_anchors
-    from ..data import ManifestError, NoUsableAudioError
-    from ..evaluate import evaluate, load_clips, load_system
+    from ..evaluation.anchors import build_anchors
+    from ..data.dataset import ManifestError, NoUsableAudioError
+    from ..evaluation.evaluate import evaluate, load_clips, load_system
 
     registry = get_registry()
     try:
@@ -59,7 +59,7 @@ def run(args) -> int:
     result = evaluate([system, *anchors], clips, metrics, args.out, sample_rate=args.sample_rate,
                       max_seconds=args.max_seconds, report_clips=report_clips, probe=probe,
                       progress=not args.no_progress, data_source=args.data)
-    from ..report import fmt
+    from ..evaluation.report import fmt
 
     cols = [c for c in ("bitrate_kbps", "mel", "stft", "si_sdr", "pesq", "stoi", "wer", "dwer") if c in result.columns]
     for name in result.settings["systems"]:

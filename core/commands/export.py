@@ -14,7 +14,7 @@ from ._io import Report, assign_targets, describe, expand_inputs
 
 
 def run(args) -> int:
-    from ..tokens import SUFFIX, TokenFile, TokenFileError, export_tokens
+    from ..tokenizer.tokens import SUFFIX, TokenFile, TokenFileError, export_tokens
 
     report = Report("exported")
     jobs = assign_targets(expand_inputs(args.inputs, (SUFFIX,), report), args.output, f".{args.format}",

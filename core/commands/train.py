@@ -20,9 +20,9 @@ from . import add_recipe_arguments, recipe_arguments
 
 def run(args) -> int:
     from ..config import RecipeError, load_recipe
-    from ..distributed import shutdown_distributed
+    from ..training.distributed import shutdown_distributed
     from ..registry import get_registry
-    from ..trainer import Trainer
+    from ..training.trainer import Trainer
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
@@ -50,7 +50,7 @@ def run(args) -> int:
         trainer.setup()
         summary = trainer.train()
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        from ..data import ManifestError, NoUsableAudioError
+        from ..data.dataset import ManifestError, NoUsableAudioError
 
         if isinstance(exc, (ManifestError, NoUsableAudioError, FileNotFoundError)):
             print(f"error: {exc}", file=sys.stderr)

@@ -30,7 +30,7 @@ from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
 from codecfw.core.types import AcousticOutput, AcousticQuantizer, BuildContext, SemanticOutput, TokenStream
 
-from .dac_blocks import DACEncoder
+from ..nn.dac import DACEncoder
 
 
 class DACRVQConfig(PluginConfig):

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
 from codecfw.core.types import AcousticOutput, AcousticQuantizer, BuildContext, SemanticOutput, TokenStream
-from codecfw.plugins.acoustic.dac_blocks import Snake1d
+from codecfw.plugins.nn.dac import Snake1d
 
 
 class ResidualActivation(nn.Module):

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
 from codecfw.core.types import AcousticOutput, BuildContext, Decoder, DecoderOutput, SemanticOutput
-from codecfw.plugins.acoustic.dac_blocks import DACDecoder, convolutional_chunk_policy
-from codecfw.plugins.semantic.semantic_conv import SemanticConvConfig, SemanticDecoder
+from codecfw.plugins.nn.dac import DACDecoder, convolutional_chunk_policy
+from codecfw.plugins.nn.semantic_conv import SemanticConvConfig, SemanticDecoder
 
 
 class SemanticHeadConfig(SemanticConvConfig):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
-from codecfw.plugins.acoustic.dac_blocks import WNConv2d
+from codecfw.plugins.nn.dac import WNConv2d
 
 
 class MultiPeriodDiscriminatorConfig(PluginConfig):

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
 from codecfw.core.types import BuildContext, SemanticFrontend, SemanticOutput, TokenStream
-from codecfw.plugins.acoustic.dac_blocks import DACEncoder, convolutional_chunk_policy
+from codecfw.plugins.nn.dac import DACEncoder, convolutional_chunk_policy
 from codecfw.plugins.semantic.anchor_codebook import AnchorCodebook, load_codebook_file
 from codecfw.plugins.semantic.ssl_teacher import HiddenStateReader, TeacherSettings, load_teacher
 

@@ -310,7 +310,7 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
         self.feature_dim = self.quantized_dim = cfg.embed_dim * cfg.stack_factor
         self.audiomae = AudioMAEEncoder(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.contextual_depth)
         if cfg.audiomae_weights:
-            from .semanticodec_checkpoint import read_audiomae_weights
+            from ..pretrained.semanticodec import read_audiomae_weights
 
             weights = read_audiomae_weights(cfg.audiomae_weights)
             missing, unexpected = self.audiomae.load_state_dict(weights, strict=False)
@@ -354,8 +354,8 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
         return fbank, self.layout.num_tokens(n, self.cfg.reference_compat)
 
     def chunk_policy(self):
-        """Encoding windows of 10.24 s on the token grid (see ``codecfw.core.chunking``)."""
-        from codecfw.core.chunking import ChunkPolicy
+        """Encoding windows of 10.24 s on the token grid (see ``codecfw.core.tokenizer.chunking``)."""
+        from codecfw.core.tokenizer.chunking import ChunkPolicy
 
         sr = self.input_sample_rate
         window, align = SEGMENT_SAMPLES * sr // SAMPLE_RATE, self.layout.samples_per_column * sr // SAMPLE_RATE
@@ -437,13 +437,6 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
         fbank, num_tokens = self.fbank(waveform)
         features = self.stacked_features(fbank.reshape(-1, SEGMENT_FRAMES, MEL_BINS))
         return features.reshape(fbank.shape[0], -1, self.feature_dim)[:, :num_tokens].transpose(1, 2)
-
-
-def convert_official_semanticodec(spec, files):
-    """Converter of the ``semanticodec-*`` pretrained names; see :mod:`.semanticodec_checkpoint`."""
-    from .semanticodec_checkpoint import convert_official_semanticodec as convert
-
-    return convert(spec, files)
 
 
 @hookimpl

@@ -29,7 +29,7 @@ from codecfw import hookimpl
 from codecfw.core.config import PluginConfig, StrictModel
 from codecfw.core.types import SemanticFrontend, SemanticOutput
 
-from .semantic_conv import SemanticConvConfig, SemanticEncoder
+from ..nn.semantic_conv import SemanticConvConfig, SemanticEncoder
 
 _MODEL_CLASSES = {"auto": "AutoModel", "hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
 
@@ -212,7 +212,7 @@ class SSLTeacherFrontend(SemanticFrontend):
         return self
 
     def chunk_policy(self):
-        from codecfw.core.chunking import ChunkPolicy
+        from codecfw.core.tokenizer.chunking import ChunkPolicy
 
         return ChunkPolicy(context=self.sample_rate, align=self.hop_length, exact=False,
                            note="the SSL teacher attends over its whole input, so chunked tokens differ slightly "
@@ -228,14 +228,6 @@ class SSLTeacherFrontend(SemanticFrontend):
 
     def extract_features(self, waveform: Tensor) -> Tensor:
         return self.teacher_features(waveform)
-
-
-def convert_official_xcodec(spec, files):
-    """The converter that ``codecfw.core.pretrained`` names for the ``xcodec-*`` checkpoints (see
-    :mod:`codecfw.plugins.semantic.xcodec_checkpoint`)."""
-    from .xcodec_checkpoint import convert_official
-
-    return convert_official(spec, files)
 
 
 @hookimpl

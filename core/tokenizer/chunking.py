@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .types import TokenStream
+from ..types import TokenStream
 
 #: Window and context used when neither the codec nor its slots declare a policy.
 DEFAULT_WINDOW_SECONDS = 30.0

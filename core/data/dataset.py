@@ -45,7 +45,7 @@ from .audio import AudioReadError, Mixdown, _read_frames, probe_audio_file, read
 __all__ = ["AUDIO_EXTENSIONS", "DOMAINS", "AudioDataset", "AudioEntry", "AudioReadError", "AudioSampler",
            "ManifestError", "NoUsableAudioError", "ScanReport", "build_dataloader", "build_dataset", "collate_audio",
            "list_audio_files", "load_entries", "probe_audio_file", "read_audio", "read_manifest", "resample",
-           "scan_audio", "write_audio"]  # read_audio/write_audio/resample live in codecfw.core.audio
+           "scan_audio", "write_audio"]  # read_audio/write_audio/resample live in codecfw.core.data.audio
 
 logger = logging.getLogger("codecfw.data")
 

@@ -261,7 +261,7 @@ def _finite(v: Any) -> bool:
 
 def write_outputs(result: Any, out_dir: Path) -> None:
     """clips.csv, summary.csv, results.json, artifacts, example audio and spectrograms, report.md (+ comparison)."""
-    from .data import write_audio
+    from ..data.dataset import write_audio
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result.out_dir = out_dir

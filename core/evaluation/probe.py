@@ -157,7 +157,7 @@ def probe_accuracy(features: Tensor, labels: list[int], splits: list[str | None]
 
 def run_probe(system: Any, clips: Sequence[Any], label_key: str = "domain", *, max_seconds: float | None = None,
               folds: int = 5, seed: int = 0, **train_kwargs: Any) -> dict[str, Any]:
-    """Probe a :class:`~codecfw.core.evaluate.CodecSystem` on labelled clips (``label_key``: ``domain`` or any
+    """Probe a :class:`~codecfw.core.evaluation.evaluate.CodecSystem` on labelled clips (``label_key``: ``domain`` or any
     manifest column). Returns accuracies for all streams and the first stream, the majority-class baseline and the
     protocol. Errors are returned in the dict (``error``), never raised: the probe must not kill an eval run."""
     from .evaluate import read_clip

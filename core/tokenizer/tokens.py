@@ -32,7 +32,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .types import TokenStream
+from ..types import TokenStream
 
 MAGIC = b"\x89CFWTOK\n"
 VERSION = 1

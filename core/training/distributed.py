@@ -9,7 +9,7 @@ reads them. NCCL on CUDA, gloo on CPU.
 
 Three guarantees this module provides to the loop:
 
-- **Global batch semantics.** The data sampler (``codecfw.core.data.AudioSampler``) draws one permutation per epoch
+- **Global batch semantics.** The data sampler (``codecfw.core.data.dataset.AudioSampler``) draws one permutation per epoch
   from ``(seed, epoch)`` and gives rank ``r`` the items ``perm[r::world]``, so the ranks' batch ``b`` together hold
   exactly the items one process with ``world × batch_size`` would put in its batch ``b``; crops are drawn from
   ``(seed, epoch, index)``, whatever the rank, the number of workers or where a run resumed. DDP averages the

@@ -8,13 +8,13 @@
 
 A :class:`System` is anything that turns a waveform into a reconstruction: a trained or untrained :class:`Codec`
 (:class:`CodecSystem`), the lossless :class:`IdentitySystem` (the metrics' ideal values, and the ground-truth WER
-of the ASR model), or an anchor (:mod:`codecfw.core.anchors`: Codec2, Opus). Every system is scored at one
+of the ASR model), or an anchor (:mod:`codecfw.core.evaluation.anchors`: Codec2, Opus). Every system is scored at one
 evaluation sample rate (default: the first system's) against the original resampled to that rate.
 
 Outputs (``out_dir``): ``clips.csv`` (one row per clip and system), ``summary.csv`` (per system and domain, ``all``
 first), ``results.json`` (every setting: sample rate, resampler, alignment, metric parameter sets, ASR model and
 text normaliser, checkpoint hashes, package versions; the summaries; unavailable backends; errors), ``report.md``
-with spectrograms (see :mod:`codecfw.core.report`), and ``comparison.csv``/``.md`` when several systems ran.
+with spectrograms (see :mod:`codecfw.core.evaluation.report`), and ``comparison.csv``/``.md`` when several systems ran.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from .metric import ALIGNMENT, RESAMPLER, Metric, MetricUnavailable, align, resample
-from .types import TokenStream, bitrate, token_rate
+from ..metric import ALIGNMENT, RESAMPLER, Metric, MetricUnavailable, align, resample
+from ..types import TokenStream, bitrate, token_rate
 
 logger = logging.getLogger("codecfw.eval")
 
@@ -58,7 +58,7 @@ class Clip:
 
 def load_clips(source: str | Path, split: str | None = None, limit: int | None = None) -> list[Clip]:
     """Clips of a manifest (JSONL/CSV: path, domain, transcript, split, any label column) or a folder of audio."""
-    from .data import load_entries, resolve_source
+    from ..data.dataset import load_entries, resolve_source
 
     root = resolve_source(source)
     base = root if root.is_dir() else root.parent
@@ -75,7 +75,7 @@ def load_clips(source: str | Path, split: str | None = None, limit: int | None =
 
 def read_clip(clip: Clip, sample_rate: int, max_seconds: float | None = None) -> Tensor:
     """Mono float32 ``Tensor[N]`` at ``sample_rate`` (channel mean, torchaudio sinc resampling)."""
-    from .data import read_audio
+    from ..data.dataset import read_audio
 
     wav = read_audio(clip.path, sample_rate)[0]
     if max_seconds:
@@ -179,13 +179,13 @@ class CodecSystem(System):
 def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides: Sequence[str] = ()) -> System:
     """``identity``, a checkpoint folder / run directory, a recipe (file or shipped name; an *untrained* codec
     seeded with ``train.seed``), or a registered pretrained name."""
-    from .config import load_recipe, resolve_recipe_path
+    from ..config import load_recipe, resolve_recipe_path
 
     if spec == "identity":
         return IdentitySystem()
     path = Path(spec)
     if path.exists() and path.suffix.lower() not in (".yaml", ".yml"):
-        from .api import load_checkpoint, resolve_checkpoint_dir
+        from ..tokenizer.api import load_checkpoint, resolve_checkpoint_dir
 
         codec, recipe, meta = load_checkpoint(path, registry)
         folder = resolve_checkpoint_dir(path)
@@ -198,7 +198,7 @@ def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides:
     except FileNotFoundError:
         recipe_path = None
     if recipe_path is not None:
-        from .codec import build_codec
+        from ..codec import build_codec
 
         recipe = load_recipe(recipe_path, list(overrides), registry)
         torch.manual_seed(recipe.train.seed)
@@ -208,7 +208,7 @@ def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides:
                 "recipe_file": str(recipe_path), "config_hash": recipe.config_hash(),
                 "recipe": recipe.model_dump(mode="json")}
         return CodecSystem(build_codec(recipe, registry), recipe.name, device, info)
-    from .api import load
+    from ..tokenizer.api import load
 
     tokenizer = load(spec, registry=registry)
     info = {"pretrained": spec, "config_hash": tokenizer.config_hash, **tokenizer.info}
@@ -264,7 +264,7 @@ def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence
              data_source: str | None = None) -> EvalResult:
     """Score every system on every clip with every metric; write the outputs when ``out_dir`` is given.
 
-    probe : keyword arguments of :func:`codecfw.core.probe.run_probe` (e.g. ``{"label_key": "domain"}``), run for
+    probe : keyword arguments of :func:`codecfw.core.evaluation.probe.run_probe` (e.g. ``{"label_key": "domain"}``), run for
         each codec system.
     """
     from tqdm.auto import tqdm
@@ -380,7 +380,7 @@ def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence
                  "domains": {d or "unlabelled": sum(1 for c in clips if c.domain == d) for d in
                              sorted({c.domain for c in clips}, key=str)}},
         "sample_rate": eval_sr, "resampler": RESAMPLER, "alignment": ALIGNMENT,
-        "mixdown": "channel mean (codecfw.core.data.read_audio)", "metrics": metric_settings,
+        "mixdown": "channel mean (codecfw.core.data.dataset.read_audio)", "metrics": metric_settings,
         "systems": system_settings, "environment": environment(),
     }
     result = EvalResult(rows, summary, columns, directions, settings, errors, unavailable, examples,

@@ -1,6 +1,6 @@
 """Reading and writing audio files: mono float32 tensors, torchaudio resampling, a one-pass probe.
 
-Shared by the datasets (:mod:`codecfw.core.data`, which re-exports :func:`read_audio`) and by the encode, eval and
+Shared by the datasets (:mod:`codecfw.core.data.dataset`, which re-exports :func:`read_audio`) and by the encode, eval and
 cluster commands. Multichannel audio is mixed down to the channel mean by default; ``mixdown="first"`` takes channel
 0 as SemantiCodec's reference does.
 """

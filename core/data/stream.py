@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .tokens import atomic_output
+from ..tokenizer.tokens import atomic_output
 
 Mixdown = Literal["mean", "first", "error"]
 MIXDOWNS = ("mean", "first", "error")

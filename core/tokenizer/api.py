@@ -11,7 +11,7 @@ Inputs are explicit about shape: ``Tensor[N]`` is one mono recording, ``Tensor[B
 recordings, ``Tensor[B x C x N]`` a batch with channels, and a list holds recordings of different lengths
 (``Tensor[N]`` or ``Tensor[C x N]`` each). Channels are mixed down by ``mixdown`` (``"mean"``, ``"first"`` or
 ``"error"``); a rate other than the codec's is resampled (torchaudio sinc) unless ``resample=False``, which raises.
-Recordings longer than the codec's chunk window are processed in windows (see :mod:`codecfw.core.chunking`).
+Recordings longer than the codec's chunk window are processed in windows (see :mod:`codecfw.core.tokenizer.chunking`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .audio_stream import AudioSink, AudioSource, Mixdown, resample, to_mono
+from ..data.stream import AudioSink, AudioSource, Mixdown, resample, to_mono
 from .chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy
-from .codec import Codec, build_codec
-from .config import RecipeBase, validate_recipe
-from .registry import Registry, get_registry
+from ..codec import Codec, build_codec
+from ..config import RecipeBase, validate_recipe
+from ..registry import Registry, get_registry
 from .tokens import TokenFile
 
 
@@ -53,7 +53,7 @@ def _codecfw_version() -> str:
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """A checkpoint folder (``model.safetensors`` + ``meta.json``), a run directory (its best, else latest
     checkpoint) or a file inside a checkpoint folder → the checkpoint folder."""
-    from .checkpoint import resolve_run_checkpoint
+    from ..checkpoint import resolve_run_checkpoint
 
     path = Path(path)
     if path.is_file():
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | os.PathLike, registry: Registry | None = None, p
                     ) -> tuple[Codec, RecipeBase, dict[str, Any]]:
     """Validate the recipe saved with a checkpoint, build the codec and load its weights (EMA weights when the
     checkpoint has them and ``prefer_ema``). Returns (codec in eval mode, recipe, meta)."""
-    from .checkpoint import load_codec_weights
+    from ..checkpoint import load_codec_weights
 
     folder = resolve_checkpoint_dir(path)
     if not (folder / "model.safetensors").is_file():
@@ -128,7 +128,7 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
         codec_id = recipe.name
         info = {"checkpoint": str(resolve_checkpoint_dir(path)), "step": meta.get("step")}
     else:
-        from .pretrained import load_pretrained, pretrained_names
+        from ..pretrained import load_pretrained, pretrained_names
 
         name = str(name_or_path)
         if name not in pretrained_names(registry):
@@ -291,7 +291,7 @@ class AudioTokenizer:
 
     # -- decoding --------------------------------------------------------------------------------------------
     def check(self, tf: TokenFile, path: str | os.PathLike | None = None) -> None:
-        """Raise :class:`~codecfw.core.tokens.TokenFileMismatch` unless ``tf`` was written by this codec."""
+        """Raise :class:`~codecfw.core.tokenizer.tokens.TokenFileMismatch` unless ``tf`` was written by this codec."""
         tf.check_compatible(self.codec_id, self.config_hash, self.streams, path)
 
     def tokens_from_tensors(self, tokens: dict[str, Tensor], num_samples: int | None = None) -> list[TokenFile]:

@@ -224,7 +224,7 @@ def codebook_files(files: dict[str, Path]) -> dict[int, Path]:
 
 
 def load_codebooks(paths: dict[int, Path]) -> dict[int, Tensor]:
-    from .kmeans_codebook import load_centroids
+    from ..semantic.kmeans_codebook import load_centroids
 
     out = {}
     for size, path in paths.items():

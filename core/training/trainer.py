@@ -2,7 +2,7 @@
 is one optimizer step, ``validate`` and ``save`` are what happens every N steps.
 
 Following torchtune's "no training framework" rule, the loop is written out here rather than spread over callbacks.
-The codec supplies the objective (``codec.decoder.objective``, see :mod:`codecfw.core.objectives`); the loop owns
+The codec supplies the objective (``codec.decoder.objective``, see :mod:`codecfw.core.training.objectives`); the loop owns
 turns, optimizers, precision, accumulation, clipping, EMA, schedules, logging, checkpoints and distribution.
 
 Run directory (``runs/<name>-<config hash>`` unless ``train.run_dir``/``--run-dir`` say otherwise)::
@@ -33,15 +33,15 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from . import checkpoint as ckpt
-from .codec import Codec, build_codec
-from .config import RecipeBase
+from .. import checkpoint as ckpt
+from ..codec import Codec, build_codec
+from ..config import RecipeBase
 from .distributed import (DistributedContext, all_reduce_mean, all_true, barrier, broadcast_buffers, gather_objects,
                           init_distributed, rng_state, seed_everything, set_rng_state, wrap_ddp)
 from .ema import WeightEMA
 from .objectives import DiscriminatorSet, Objective, build_objective, evaluate
-from .registry import Registry, get_registry
-from .types import BuildContext
+from ..registry import Registry, get_registry
+from ..types import BuildContext
 
 log = logging.getLogger("codecfw.train")
 
@@ -198,7 +198,7 @@ class Trainer:
         return torch.optim.AdamW(params, lr=lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
 
     def _build_data(self) -> None:
-        from .data import build_dataloader
+        from ..data.dataset import build_dataloader
 
         data, sr = self.recipe.data, self.recipe.sample_rate
         if self.train_loader is None:
@@ -368,7 +368,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Validation losses (EMA weights when kept), mel distance and clips of the reconstruction."""
-        from .data import write_audio
+        from ..data.dataset import write_audio
 
         codec = self.codec
         was_training = codec.training

@@ -8,9 +8,9 @@ A variant is either a small recipe file that includes the base and changes a few
 
 or a named set of overrides on the base, ``name:key=value,key=value`` (values are YAML; a comma starts a new
 override only when a ``key=`` follows it, so ``ratios=[8,5,4,2]`` stays whole). Each variant is trained through
-the one training loop (``--train``, :class:`codecfw.core.trainer.Trainer`, optionally for ``--steps`` steps) or
+the one training loop (``--train``, :class:`codecfw.core.training.trainer.Trainer`, optionally for ``--steps`` steps) or
 evaluated as built (untrained weights seeded with ``train.seed``: a check of the plumbing, bitrate and token rate),
-then scored by :func:`codecfw.core.evaluate.evaluate` with the same metrics on the same clips. Outputs::
+then scored by :func:`codecfw.core.evaluation.evaluate.evaluate` with the same metrics on the same clips. Outputs::
 
     OUT/variants/<name>/{recipe.yaml, run/ (training), eval/ (the full eval outputs)}
     OUT/comparison.csv, comparison.md     rows = variants; columns = bitrate, token rate, parameters, metrics
@@ -33,9 +33,9 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from .config import load_recipe, resolve_recipe_path
+from ..config import load_recipe, resolve_recipe_path
 from .evaluate import CodecSystem, evaluate, load_clips
-from .metric import build_metrics, load_metric_configs
+from ..metric import build_metrics, load_metric_configs
 from .report import write_comparison, write_json, write_text
 
 logger = logging.getLogger("codecfw.ablate")
@@ -126,7 +126,7 @@ def run_ablation(base: str, variants: Sequence[Variant], out_dir: str | Path, *,
                  sample_rate: int | None = None, probe: dict[str, Any] | None = None, report_clips: int = 2,
                  progress: bool = True) -> dict[str, Any]:
     """Train and/or evaluate every variant; write the comparison table, plots and ``ablation.json``."""
-    from .registry import get_registry
+    from ..registry import get_registry
 
     registry = registry or get_registry()
     out_dir = Path(out_dir)
@@ -207,7 +207,7 @@ def _render(base: str, train: bool, steps: int | None, data: str | None, records
 
 
 def _untrained_system(recipe: Any, name: str, registry: Any, device: str) -> CodecSystem:
-    from .codec import build_codec
+    from ..codec import build_codec
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.train.seed)
@@ -219,9 +219,9 @@ def _untrained_system(recipe: Any, name: str, registry: Any, device: str) -> Cod
 
 def _trained_system(recipe: Any, name: str, run_dir: Path, registry: Any, device: str, progress: bool,
                     record: dict[str, Any]) -> CodecSystem:
-    from .api import load_checkpoint, resolve_checkpoint_dir
+    from ..tokenizer.api import load_checkpoint, resolve_checkpoint_dir
     from .evaluate import file_sha256
-    from .trainer import Trainer
+    from ..training.trainer import Trainer
 
     trainer = Trainer(recipe, registry=registry, run_dir=run_dir, device=device, progress=progress)
     try:

@@ -203,7 +203,7 @@ def convolutional_chunk_policy(sample_rate: int, hop_length: int, context_second
     """Chunking for the DAC encoder/generator: ``context_seconds`` of neighbouring audio on each side covers their
     receptive field (about 0.55 s each side at hop 320), so chunked outputs equal whole-file ones up to float rounding.
     """
-    from codecfw.core.chunking import ChunkPolicy
+    from codecfw.core.tokenizer.chunking import ChunkPolicy
 
     context = math.ceil(context_seconds * sample_rate / hop_length) * hop_length
     return ChunkPolicy(context=context, align=hop_length, exact=True)
