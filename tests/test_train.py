@@ -236,7 +236,7 @@ def test_validation_writes_clips_and_best_checkpoint(corpus, tmp_path):
     clips = sorted(p.name for p in (run / "samples" / "step-00000002").iterdir())
     assert clips == ["00-00-reconstruction.flac", "00-00-reference.flac"]
     valid = read_metrics(run, "valid")
-    assert sorted(valid) == [2, 4] and all(math.isfinite(v["valid/mel_distance"]) for v in valid.values())
+    assert sorted(valid) == [2, 4] and all(math.isfinite(v["valid/log_mel_l1"]) for v in valid.values())
     best = json.loads((run / "checkpoints" / "best.json").read_text())
     best_step = min(valid, key=lambda s: valid[s]["valid/loss"])
     assert best["step"] == best_step and (run / "checkpoints" / best["checkpoint"]).is_dir()

@@ -111,6 +111,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
             torch.backends.cudnn.benchmark = True  # training crops have one fixed shape
+        elif cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_incomplete(self.run_dir)
@@ -367,7 +369,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Validation losses (EMA weights when kept), mel distance and clips of the reconstruction."""
+        """Validation losses (EMA weights when kept), ``valid/log_mel_l1`` and clips of the reconstruction."""
         from ..data.dataset import write_audio
 
         codec = self.codec
