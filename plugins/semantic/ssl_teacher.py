@@ -1,4 +1,4 @@
-"""Frozen self-supervised speech teacher (HuBERT, WavLM, mHuBERT-147, ...) + X-Codec's semantic conv encoder.
+"""Frozen speech teacher (HuBERT, WavLM, mHuBERT-147, Whisper's encoder, ...) + X-Codec's semantic conv encoder.
 
 X-Codec (Ye et al., "Codec Does Matter", arXiv 2408.17175) feeds the waveform, padded by half a hop on both sides,
 to a frozen HuBERT/WavLM and averages all of its hidden states (embedding output + every layer) into a 768-d, 50 Hz
@@ -8,9 +8,10 @@ the acoustic quantizer fuses and quantizes; the decoder's reconstruction head re
 The front-end emits no tokens of its own: ``SemanticOutput.features`` is the encoded semantic latent
 ``Tensor[B x C x T]`` and ``extras["teacher_features"]`` the regression target ``Tensor[B x H x T]``.
 
-The teacher loads through transformers (``AutoModel``/``HubertModel``/``WavLMModel``/``Wav2Vec2Model``) from a hub id
-or a local directory, or is built from a config dict alone (``teacher_config``) when its weights come from a codecfw
-checkpoint.
+The teacher loads through transformers (``AutoModel``/``HubertModel``/``WavLMModel``/``Wav2Vec2Model``/``WhisperModel``)
+from a hub id or a local directory, or is built from a config dict alone (``teacher_config``) when its weights come
+from a codecfw checkpoint. A Whisper model (``model_type: whisper`` in its config) keeps its encoder only, behind
+Whisper's log-mel front end (:mod:`codecfw.plugins.semantic.whisper_teacher`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from codecfw.core.types import SemanticFrontend, SemanticOutput
 
 from ..nn.semantic_conv import SemanticConvConfig, SemanticEncoder
 
-_MODEL_CLASSES = {"auto": "AutoModel", "hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model"}
+_MODEL_CLASSES = {"auto": "AutoModel", "hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model",
+                  "whisper": "WhisperModel"}
 
 
 class TeacherNotFoundError(FileNotFoundError):
@@ -39,15 +41,18 @@ class TeacherNotFoundError(FileNotFoundError):
 
 
 class TeacherSettings(StrictModel):
-    """Which frozen transformers SSL model to load and which of its hidden states to read. Shared by every front-end
-    that uses a teacher (X-Codec's ``ssl_teacher``, SACodec's ``semantic_anchoring``)."""
+    """Which frozen transformers model to load and which of its hidden states to read. Shared by every front-end
+    that uses a teacher (X-Codec's ``ssl_teacher``, SACodec's ``semantic_anchoring``, hence ``codecfw cluster``).
+    A Whisper checkpoint (detected from its config's ``model_type``) contributes its encoder only."""
 
     model: str = Field("facebook/hubert-base-ls960",
                        description="hub id (facebook/hubert-base-ls960, microsoft/wavlm-base-plus, "
-                                   "utter-project/mHuBERT-147, ZhenYe234/hubert_base_general_audio) or local directory")
+                                   "utter-project/mHuBERT-147, ZhenYe234/hubert_base_general_audio, "
+                                   "openai/whisper-tiny.en) or local directory (e.g. from `codecfw import whisper`)")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
-    model_class: Literal["auto", "hubert", "wavlm", "wav2vec2"] = Field(
-        "auto", description="transformers class: AutoModel, HubertModel, WavLMModel or Wav2Vec2Model")
+    model_class: Literal["auto", "hubert", "wavlm", "wav2vec2", "whisper"] = Field(
+        "auto", description="transformers class: AutoModel (from the config's model_type), HubertModel, WavLMModel, "
+                            "Wav2Vec2Model or WhisperModel (encoder only)")
     teacher_config: dict[str, Any] | None = Field(
         None, description="build the teacher from this transformers config dict (needs 'model_type') instead of "
                           "loading `model`; its weights must then come from a codecfw checkpoint")
@@ -56,7 +61,8 @@ class TeacherSettings(StrictModel):
         "mean", description="'mean': uniform average of all hidden states incl. the embedding output (X-Codec); "
                             "an int: that hidden state (0 = embedding output); a list: the average of those")
     padding: int | None = Field(None, ge=0, description="zero samples added on both sides before the teacher; "
-                                                       "default: half the teacher's hop (160 at 16 kHz)")
+                                                       "default: half the teacher's hop (160 at 16 kHz), 0 for "
+                                                       "Whisper (its frame t is centred on sample t * hop)")
     normalize: bool = Field(False, description="per-utterance zero mean / unit variance before the teacher "
                                                "(Wav2Vec2FeatureExtractor do_normalize; mHuBERT-147 expects it, "
                                                "X-Codec's HuBERT/WavLM teachers get the raw waveform)")
@@ -65,7 +71,7 @@ class TeacherSettings(StrictModel):
                            "on the target), as X-Codec's loop does by accident; default: always eval")
     teacher_sample_rate: int = Field(16000, gt=0, description="the rate the teacher was trained at")
     hop_length: int | None = Field(None, gt=0, description="teacher samples per frame; default: product of "
-                                                           "the teacher config's conv_stride")
+                                                           "the teacher config's conv_stride (Whisper: 320)")
 
 
 class SSLTeacherConfig(TeacherSettings, PluginConfig):
@@ -123,6 +129,10 @@ def load_teacher(cfg: TeacherSettings) -> nn.Module:
                 f"`huggingface-cli download {cfg.model}` where there is network and copy that folder, or set HF_HOME), "
                 f"or save it with save_pretrained() to a local directory (config.json + model.safetensors) and set "
                 f"semantic.model to that path.") from exc
+    if getattr(model.config, "model_type", None) == "whisper":
+        from .whisper_teacher import WhisperTeacher
+
+        model = WhisperTeacher.from_model(model)
     model.requires_grad_(False)
     return model.eval()
 
@@ -141,11 +151,14 @@ class HiddenStateReader:
                              f"{cfg.teacher_sample_rate} Hz (set sample_rate or the teacher's teacher_sample_rate)")
         tcfg = teacher.config
         self.dim = int(tcfg.hidden_size)
-        stride = cfg.hop_length or (math.prod(tcfg.conv_stride) if hasattr(tcfg, "conv_stride") else None)
+        native_hop = getattr(teacher, "hop_length", None)  # a wrapped teacher (Whisper) knows its own hop
+        if native_hop is None and hasattr(tcfg, "conv_stride"):
+            native_hop = math.prod(tcfg.conv_stride)
+        stride = cfg.hop_length or native_hop
         if stride is None:
             raise ValueError(f"semantic.hop_length: the teacher {cfg.model!r} has no conv_stride; set hop_length")
         self.hop = int(stride)
-        self.padding = cfg.padding if cfg.padding is not None else self.hop // 2
+        self.padding = cfg.padding if cfg.padding is not None else getattr(teacher, "default_padding", self.hop // 2)
         self.normalize = cfg.normalize
         self.num_hidden_states = int(tcfg.num_hidden_layers) + 1
         self.layer_indices = self._resolve_layers(cfg.layers)
