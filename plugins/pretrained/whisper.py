@@ -273,14 +273,15 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike, output: str | os.PathLike, d
     torch_dtype = getattr(torch, dtype)
     state = {k: t.to(torch_dtype) for k, t in whisper_state_dict(model.variables).items()}
 
+    # Whisper ties its output projection to the token embeddings (one tensor in the model)
+    if not torch.equal(state.pop("proj_out.weight"), state["model.decoder.embed_tokens.weight"]):
+        raise CT2FormatError(f"{src}: the output projection differs from the token embeddings (Whisper ties them)")
     hf = WhisperForConditionalGeneration(config)
     missing, unexpected = hf.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "proj_out.weight"]  # tied to embed_tokens
+    missing = [k for k in missing if k != "proj_out.weight"]
     if missing or unexpected:
         raise CT2FormatError(f"{src}: converted weights do not fit WhisperForConditionalGeneration: missing "
                              f"{missing[:5]}, unexpected {unexpected[:5]}")
-    if not torch.equal(hf.proj_out.weight, state["proj_out.weight"]):
-        raise CT2FormatError(f"{src}: the output projection differs from the token embeddings (Whisper ties them)")
     hf.generation_config = generation
 
     dst.parent.mkdir(parents=True, exist_ok=True)
