@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from codecfw.core.data import read_audio
+from codecfw.core.data.audio import read_audio
 from codecfw.plugins.semantic.ssl_teacher import HiddenStateReader, TeacherSettings, load_teacher
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"

@@ -196,7 +196,7 @@ def test_cluster_reads_whisper_features(tmp_path, tiny_whisper_dir):
     import soundfile as sf
 
     from codecfw.core.cli import main
-    from codecfw.core.feature_store import FeatureStore
+    from codecfw.core.clustering.feature_store import FeatureStore
 
     lines = []
     for i in range(3):
@@ -310,7 +310,7 @@ def tiny_en(tmp_path_factory):
 
 
 def demo_speech(name: str) -> torch.Tensor:
-    from codecfw.core.data import read_audio
+    from codecfw.core.data.audio import read_audio
 
     return read_audio(f"{DEMO}/{name}", 16000).reshape(-1)
 
