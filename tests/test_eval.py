@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -141,7 +142,9 @@ def test_a_failing_metric_yields_nan_and_one_logged_error(eval_registry, corpus,
     assert "boom" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_a_missing_backend_is_reported_not_fatal(eval_registry, corpus, tmp_path):
+def test_a_missing_backend_is_reported_not_fatal(eval_registry, corpus, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "visqol", None)  # neither Google's ViSQOL nor the visqol-python port
+    monkeypatch.setenv("PATH", str(tmp_path))  # no visqol binary
     metrics = build_metrics(load_metric_configs(["visqol:mode=audio", "l1"], eval_registry), eval_registry)
     result = evaluate([IdentitySystem(16000)], load_clips(corpus / "manifest.jsonl"), metrics, tmp_path / "out",
                       progress=False)

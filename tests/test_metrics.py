@@ -58,7 +58,7 @@ def test_metric_kinds_register_with_metadata(eval_registry):
     assert metrics["mel"].needs_reference and metrics["mel"].higher_is_better is False
     assert metrics["pesq"].dependency == "pesq" and metrics["pesq"].domains == ("speech",)
     assert metrics["codebook"].needs_tokens and not metrics["codebook"].needs_reference
-    assert metrics["visqol_speech"].dependency == "visqol"
+    assert metrics["visqol_speech"].dependency == "visqol-python"
 
 
 def test_metric_specs_name_parameter_sets_and_rates(eval_registry):

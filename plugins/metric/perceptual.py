@@ -3,9 +3,12 @@
 * PESQ (ITU-T P.862.2 wide-band by default) through the ``pesq`` package, the wrapper VERSA, Codec-SUPERB and
   torchmetrics use; signals are resampled to 16 kHz (wb) or 8/16 kHz (nb) first.
 * STOI / eSTOI (Taal et al. 2011; Jensen & Taal 2016) through ``pystoi``, which resamples to 10 kHz itself.
-* ViSQOL v3 (Chinen et al. 2020) through Google's Python bindings (``visqol`` built from google/visqol) or the
-  ``visqol`` binary on PATH; speech mode at 16 kHz, audio mode at 48 kHz (SemantiCodec resamples to 48 kHz and uses
-  audio mode on AudioSet/MUSDB). Neither is on PyPI, so ViSQOL is reported unavailable unless installed.
+* ViSQOL v3 (Chinen et al. 2020) through Google's Python bindings (``visqol`` built from google/visqol), the
+  ``visqol`` binary on PATH, or ``visqol-python`` (PyPI), a pure-Python *port* of ViSQOL v3.3.3 that ships the
+  speech-mode lattice model and the audio-mode SVR model in its wheel; speech mode at 16 kHz, audio mode at 48 kHz
+  (SemantiCodec resamples to 48 kHz and uses audio mode on AudioSet/MUSDB). ``backend=auto`` prefers Google's
+  code and falls back to the port; the backend actually used is recorded. The port's agreement with Google's
+  published conformance values is in docs/evaluation.md (benchmarks/visqol_conformance.py).
 
 PESQ, STOI and ViSQOL's speech mode are speech metrics: their default ``domains`` is ``[speech]``.
 """
@@ -90,8 +93,9 @@ class STOI(Metric):
 class ViSQOLConfig(MetricConfig):
     kind: Literal["visqol"] = "visqol"
     mode: Literal["speech", "audio"] = Field("speech", description="speech mode at 16 kHz, audio mode at 48 kHz")
-    backend: Literal["auto", "python", "binary"] = Field("auto", description="Google's Python bindings (module "
-                                                                           "'visqol') or the 'visqol' binary")
+    backend: Literal["auto", "python", "binary", "port"] = Field(
+        "auto", description="python: Google's bindings (visqol.visqol_lib_py); binary: the 'visqol' binary; port: "
+                            "the pure-Python port visqol-python (PyPI); auto: the first of these available")
     binary: str = Field("visqol", description="name or path of the ViSQOL binary")
     model: str | None = Field(None, description="similarity-to-quality model file; default: the one shipped with "
                                                 "the backend for the mode")
@@ -106,7 +110,7 @@ class ViSQOL(Metric):
     """ViSQOL v3 MOS-LQO (1–5). Speech mode scores speech clips only unless ``domains`` says otherwise."""
 
     higher_is_better = True
-    dependency = "visqol"
+    dependency = "visqol-python"  # or Google's bindings / binary (backend=python|binary)
 
     def __init__(self, config: ViSQOLConfig) -> None:
         if config.domains is None and config.mode == "speech":
@@ -137,12 +141,33 @@ class ViSQOL(Metric):
                 self._backend = "binary"
                 return
             reasons.append(f"binary {self.config.binary!r} not on PATH")
-        raise MetricUnavailable("ViSQOL is not installed (" + "; ".join(reasons) + "). Build google/visqol and "
-                                "install its Python package, or put the 'visqol' binary on PATH.")
+        if self.config.backend in ("auto", "port"):
+            try:
+                from visqol import VisqolApi  # noqa: F401  (visqol-python, the pure-Python port)
+
+                self._backend = "port"
+                return
+            except ImportError as exc:
+                reasons.append(f"visqol-python: {exc}")
+        raise MetricUnavailable("ViSQOL is not installed (" + "; ".join(reasons) + "). pip install "
+                                "'visqol-python[lattice]' (a pure-Python port; extra 'eval'), or build "
+                                "google/visqol and install its Python package, or put the 'visqol' binary on PATH.")
 
     def settings(self) -> dict:
-        return {**super().settings(), "resolved_backend": self._backend, "rate": self.rate,
-                "model": self.config.model or (_SPEECH_MODEL if self.config.mode == "speech" else _AUDIO_MODEL)}
+        out = {**super().settings(), "resolved_backend": self._backend, "rate": self.rate,
+               "model": self.config.model or (_SPEECH_MODEL if self.config.mode == "speech" else _AUDIO_MODEL)}
+        if self._backend == "port":
+            out["implementation"] = f"visqol-python {_version('visqol-python')} (pure-Python port of ViSQOL v3.3.3)"
+            if self.config.mode == "speech":
+                out["speech_mapping"] = "lattice (TFLite, ai-edge-litert)" if self._port_lattice() else \
+                    "exponential fallback (ai-edge-litert missing; not the C++ default)"
+        return out
+
+    @staticmethod
+    def _port_lattice() -> bool:
+        from importlib.util import find_spec
+
+        return find_spec("ai_edge_litert") is not None
 
     def _python_api(self):
         if self._api is None:
@@ -162,6 +187,19 @@ class ViSQOL(Metric):
             self._api = api
         return self._api
 
+    def _port_api(self):
+        if self._api is None:
+            from visqol import VisqolApi
+
+            api = VisqolApi()
+            speech = self.config.mode == "speech"
+            model = self.config.model
+            api.create(mode=self.config.mode, model_path=None if speech else model,
+                       use_lattice_model=self._port_lattice() if speech else None,
+                       lattice_model_path=model if speech and model and model.endswith(".tflite") else None)
+            self._api = api
+        return self._api
+
     def __call__(self, estimate: Tensor, reference: Tensor, sample_rate: int, **meta) -> float:
         if self._backend is None:
             self.check()
@@ -169,6 +207,8 @@ class ViSQOL(Metric):
         deg = resample(estimate.double(), sample_rate, self.rate).numpy()
         if self._backend == "python":
             return float(self._python_api().Measure(ref, deg).moslqo)
+        if self._backend == "port":
+            return float(self._port_api().measure_from_arrays(ref, deg, self.rate).moslqo)
         return self._run_binary(ref, deg)
 
     def _run_binary(self, ref: np.ndarray, deg: np.ndarray) -> float:
@@ -205,5 +245,5 @@ def register_metrics(register):
              higher_is_better=True)
     register("stoi", STOIConfig, lambda cfg, ctx: STOI(cfg), needs_reference=True, dependency="pystoi",
              higher_is_better=True)
-    register("visqol", ViSQOLConfig, lambda cfg, ctx: ViSQOL(cfg), needs_reference=True, dependency="visqol",
+    register("visqol", ViSQOLConfig, lambda cfg, ctx: ViSQOL(cfg), needs_reference=True, dependency="visqol-python",
              higher_is_better=True)
