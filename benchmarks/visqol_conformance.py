@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from visqol import VisqolApi
-    from codecfw.core.data import read_audio
+    from codecfw.core.data.audio import read_audio
     from codecfw.plugins.metric.perceptual import ViSQOL, ViSQOLConfig
 
     rows = []

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 @pytest.fixture(scope="module")
 def speech():
-    from codecfw.core.data import read_audio
+    from codecfw.core.data.audio import read_audio
 
     return read_audio(FIXTURES / "speech_kal.flac", 16000)[0]
 
@@ -136,7 +136,7 @@ def test_resemblyzer_similarity_matches_the_package_and_ranks(speech):
     pytest.importorskip("resemblyzer", reason="resemblyzer not installed")
     from resemblyzer import VoiceEncoder, preprocess_wav
 
-    from codecfw.core.data import read_audio
+    from codecfw.core.data.audio import read_audio
     from codecfw.plugins.metric.speaker import SpeakerSimilarity, SpeakerSimilarityConfig
 
     metric = SpeakerSimilarity(SpeakerSimilarityConfig())

@@ -1,4 +1,5 @@
-"""Non-neural anchors scored through the same metrics as the codecs: Codec2 and Opus, via their command-line tools.
+"""Systems run through external command-line tools, scored by the same metrics as codecfw's codecs: the non-neural
+anchors Codec2 and Opus, and any codec given as a shell command (:class:`CommandSystem`).
 
 * Codec2 (Rowe; Debian/Ubuntu package ``codec2``: ``c2enc``/``c2dec``) at 700C, 1200, 2400 and 3200 bit/s: 8 kHz
   narrow-band speech codec, so it runs on speech clips only; input is resampled to 8 kHz and the output back to
@@ -10,10 +11,16 @@
 The declared bitrate is the mode's nominal rate; ``bitrate_kbps_measured`` is what the codec actually spent: the
 Codec2 bit file's size (whole bytes per frame, so 700C spends 800 bit/s) and the Opus audio packets' bytes (Ogg
 framing and header packets excluded). When a tool is missing the anchor is reported unavailable, never fatal.
+
+``codecfw eval --command 'ENC {in} {bits} && DEC {bits} {out}'`` evaluates any other codec the same way: per clip the
+input is written as a WAV file at ``rate`` (16-bit PCM unless told otherwise), the command runs in a shell with the
+placeholders replaced by quoted paths, and ``{out}`` is read back (any rate and channel count soundfile reads;
+mixed down and resampled). ``bitrate_kbps_measured`` is the size of ``{bits}`` when the command writes it.
 """
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -150,6 +157,80 @@ class OpusAnchor(AnchorSystem):
         y = torch.from_numpy(out)
         y = torch.nn.functional.pad(y, (0, max(0, wav.numel() - y.numel())))[: wav.numel()]
         return Reconstruction(y, encoded_bits=8 * sum(packets[2:]))  # packets 0-1: OpusHead, OpusTags
+
+
+class CommandSystem(System):
+    """Any codec as a shell command with the placeholders ``{in}`` (input WAV), ``{bits}`` (a path for the encoded
+    file), ``{out}`` (the decoded audio file to write) and ``{rate}`` (the input's sample rate).
+
+    process(wav : Tensor[N] at ``rate``) → Tensor[N] at ``rate`` (the output is trimmed or zero-padded to N).
+    """
+
+    kind = "command"
+    PLACEHOLDERS = ("in", "bits", "out", "rate")
+
+    def __init__(self, command: str, name: str = "command", rate: int = 16000, subtype: str = "PCM_16",
+                 timeout: float | None = 600.0, shell: str = "/bin/sh") -> None:
+        import re
+
+        unknown = sorted(set(re.findall(r"\{(\w+)\}", command)) - set(self.PLACEHOLDERS))
+        missing = [p for p in ("in", "out") if "{" + p + "}" not in command]
+        if unknown or missing:
+            raise ValueError(f"--command {command!r}: " + "; ".join(
+                ([f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}"] if unknown else []) +
+                ([f"missing {', '.join('{' + m + '}' for m in missing)}"] if missing else [])) +
+                " (placeholders: {in} input WAV, {bits} encoded file, {out} decoded audio, {rate} sample rate)")
+        if rate <= 0:
+            raise ValueError(f"command rate must be > 0 Hz, got {rate}")
+        self.command, self.name, self.sample_rate = command, name, int(rate)
+        self.subtype, self.timeout, self.shell = subtype, timeout, shell
+
+    @property
+    def bitrate(self) -> float | None:
+        return None
+
+    @property
+    def token_rate(self) -> float | None:
+        return None
+
+    def check(self) -> None:
+        if shutil.which(self.shell) is None and not Path(self.shell).is_file():
+            raise SystemUnavailable(f"shell {self.shell!r} not found for --command")
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "command": self.command, "input": f"WAV {self.subtype} mono at "
+                f"{self.sample_rate} Hz", "output": "read with soundfile, channel mean, resampled to the input rate",
+                "shell": self.shell, "timeout_s": self.timeout, "measured_bits": "size of {bits} when written"}
+
+    def render(self, paths: dict[str, Path]) -> str:
+        """The command with every placeholder replaced by a shell-quoted value."""
+        values = {k: shlex.quote(str(v)) for k, v in paths.items()}
+        values["rate"] = str(self.sample_rate)
+        out = self.command
+        for key, value in values.items():
+            out = out.replace("{" + key + "}", value)
+        return out
+
+    def process(self, wav: Tensor) -> Reconstruction:
+        from ..data.audio import read_audio, write_audio
+
+        with tempfile.TemporaryDirectory(prefix="codecfw-command-") as tmp:
+            paths = {"in": Path(tmp) / "in.wav", "bits": Path(tmp) / "encoded.bin", "out": Path(tmp) / "out.wav"}
+            write_audio(paths["in"], wav.clamp(-1, 1), self.sample_rate, subtype=self.subtype)
+            cmd = self.render(paths)
+            try:
+                done = subprocess.run([self.shell, "-c", cmd], capture_output=True, check=False, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                raise RuntimeError(f"command timed out after {self.timeout} s: {cmd}") from None
+            if done.returncode != 0:
+                raise RuntimeError(f"command exited {done.returncode}: {cmd}: "
+                                   f"{done.stderr.decode(errors='replace').strip()[-300:]}")
+            if not paths["out"].is_file():
+                raise RuntimeError(f"command wrote no output file {{out}} ({paths['out'].name}): {cmd}")
+            y = read_audio(paths["out"], self.sample_rate)[0]  # channel mean, resampled (torchaudio sinc)
+            n_bits = paths["bits"].stat().st_size * 8 if paths["bits"].is_file() else None
+        y = torch.nn.functional.pad(y, (0, max(0, wav.numel() - y.numel())))[: wav.numel()]
+        return Reconstruction(y, encoded_bits=n_bits)
 
 
 def build_anchors(specs: Sequence[str]) -> list[AnchorSystem]:

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -153,53 +154,94 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 class CodecSystem(System):
-    """A composed :class:`~codecfw.core.codec.Codec`: ``encode`` then ``decode`` (the token path a user ships)."""
+    """A codec evaluated through exactly what users ship: :class:`~codecfw.core.tokenizer.api.AudioTokenizer` ``encode`` →
+    a token file written to disk and read back (``TokenFile.save`` / ``TokenFile.load``, the ``.cfwt`` format of
+    ``codecfw encode``) → ``decode``, with the tokenizer's chunk policy (recordings longer than its window are
+    processed in windows, as ``codecfw encode/decode`` do; ``chunked=False`` processes them whole).
+
+    codec : AudioTokenizer | Codec
+        A bare :class:`~codecfw.core.codec.Codec` is wrapped in a tokenizer (codec id ``name``, config hash from
+        ``info["config_hash"]``).
+    """
 
     kind = "codec"
 
-    def __init__(self, codec: Any, name: str, device: str = "cpu", info: dict[str, Any] | None = None) -> None:
-        self.codec = codec.to(device).eval()
-        self.name, self.device = name, torch.device(device)
-        self.sample_rate = int(codec.sample_rate)
-        self.streams = list(codec.streams())
+    def __init__(self, codec: Any, name: str, device: str = "cpu", info: dict[str, Any] | None = None, *,
+                 chunk_seconds: float | None = None, chunked: bool = True, batch_size: int = 8) -> None:
+        from ..tokenizer.api import AudioTokenizer
+
         self.info = dict(info or {})
+        if not isinstance(codec, AudioTokenizer):
+            codec = AudioTokenizer(codec, codec_id=name, config_hash=str(self.info.get("config_hash", "unknown")),
+                                   chunk_seconds=chunk_seconds)
+        elif chunk_seconds is not None:
+            from ..tokenizer.chunking import resolve_chunk_policy
+
+            codec.policy = resolve_chunk_policy(codec.codec, chunk_seconds)
+        self.tokenizer = codec.to(device)
+        self.codec = self.tokenizer.codec
+        self.name, self.device = name, torch.device(device)
+        self.sample_rate = int(self.tokenizer.sample_rate)
+        self.streams = list(self.tokenizer.streams)
+        self.chunked, self.batch_size = chunked, batch_size
+        self._token_bytes: list[tuple[int, int]] = []  # (file size, packed token payload) per clip
 
     def process(self, wav: Tensor) -> Reconstruction:
-        with torch.inference_mode():
-            x = wav.to(self.device, torch.float32)[None, None]
-            tokens = self.codec.encode(x)
-            y = self.codec.decode(tokens, x.shape[-1])
-        return Reconstruction(y.reshape(-1).float().cpu(), {k: v[0].reshape(-1).cpu() for k, v in tokens.items()})
+        """wav : Tensor[N] at the codec's rate → its reconstruction through a token file on disk."""
+        import tempfile
+
+        from ..tokenizer.tokens import SUFFIX, TokenFile
+
+        written = self.tokenizer.encode(wav.float(), self.sample_rate, batch_size=self.batch_size,
+                                        chunked=self.chunked)[0]
+        with tempfile.TemporaryDirectory(prefix="codecfw-eval-") as tmp:
+            path = written.save(Path(tmp) / f"clip{SUFFIX}")
+            tf = TokenFile.load(path)
+            self._token_bytes.append((path.stat().st_size, tf.payload_bytes()))
+        y = self.tokenizer.decode(tf, batch_size=self.batch_size, chunked=self.chunked)[0]
+        return Reconstruction(y.reshape(-1).float().cpu(),
+                              {k: torch.from_numpy(np.asarray(v)).reshape(-1).long() for k, v in tf.tokens.items()})
 
     def settings(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
         params = sum(p.numel() for p in self.codec.parameters())
-        return {**super().settings(), **self.info, "parameters": params, "device": str(self.device)}
+        path = {"route": "AudioTokenizer.encode -> TokenFile.save/.load (.cfwt) -> AudioTokenizer.decode",
+                "chunked": self.chunked, "chunk_policy": asdict(self.tokenizer.policy),
+                "batch_size": self.batch_size, "codec_id": self.tokenizer.codec_id,
+                "token_file_bytes_total": sum(f for f, _ in self._token_bytes),
+                "token_payload_bytes_total": sum(p for _, p in self._token_bytes)}
+        return {**super().settings(), **self.info, "parameters": params, "device": str(self.device),
+                "tokenizer": path}
 
 
-def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides: Sequence[str] = ()) -> System:
+def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides: Sequence[str] = (), *,
+                chunk_seconds: float | None = None, chunked: bool = True, batch_size: int = 8) -> System:
     """``identity``, a checkpoint folder / run directory, a recipe (file or shipped name; an *untrained* codec
-    seeded with ``train.seed``), or a registered pretrained name."""
+    seeded with ``train.seed``), or a registered pretrained name. Codecs are loaded as
+    :class:`~codecfw.core.tokenizer.api.AudioTokenizer` (``codecfw.load``), as ``codecfw encode/decode`` load them."""
     from ..config import load_recipe, resolve_recipe_path
+    from ..tokenizer.api import AudioTokenizer, load
 
+    run = {"chunk_seconds": chunk_seconds, "chunked": chunked, "batch_size": batch_size}
     if spec == "identity":
         return IdentitySystem()
     path = Path(spec)
     if path.exists() and path.suffix.lower() not in (".yaml", ".yml"):
-        from ..tokenizer.api import load_checkpoint, resolve_checkpoint_dir
+        from ..tokenizer.api import resolve_checkpoint_dir
 
-        codec, recipe, meta = load_checkpoint(path, registry)
+        tokenizer = load(path, registry=registry)
         folder = resolve_checkpoint_dir(path)
         hashes = {p.name: file_sha256(p)[:16] for p in sorted(folder.glob("*.safetensors"))}
-        info = {"checkpoint": str(folder), "checkpoint_hash": hashes, "step": meta.get("step"),
+        recipe = tokenizer.recipe
+        info = {"checkpoint": str(folder), "checkpoint_hash": hashes, "step": tokenizer.info.get("step"),
                 "config_hash": recipe.config_hash(), "recipe": recipe.model_dump(mode="json")}
-        return CodecSystem(codec, recipe.name, device, info)
+        return CodecSystem(tokenizer, recipe.name, device, info, **run)
     try:
         recipe_path = resolve_recipe_path(spec)
     except FileNotFoundError:
         recipe_path = None
     if recipe_path is not None:
-        from ..codec import build_codec
-
         recipe = load_recipe(recipe_path, list(overrides), registry)
         torch.manual_seed(recipe.train.seed)
         logger.warning("evaluating an UNTRAINED codec built from %s (random weights, seed %d)", recipe_path,
@@ -207,12 +249,10 @@ def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides:
         info = {"checkpoint": None, "checkpoint_hash": f"untrained (seed {recipe.train.seed})",
                 "recipe_file": str(recipe_path), "config_hash": recipe.config_hash(),
                 "recipe": recipe.model_dump(mode="json")}
-        return CodecSystem(build_codec(recipe, registry), recipe.name, device, info)
-    from ..tokenizer.api import load
-
+        return CodecSystem(AudioTokenizer.from_recipe(recipe, registry), recipe.name, device, info, **run)
     tokenizer = load(spec, registry=registry)
     info = {"pretrained": spec, "config_hash": tokenizer.config_hash, **tokenizer.info}
-    return CodecSystem(tokenizer.codec, spec, device, info)
+    return CodecSystem(tokenizer, spec, device, info, **run)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -354,6 +394,7 @@ def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence
                 row.update({k: float(v) for k, v in values.items()})
             if clip.id in examples_wanted:
                 examples.setdefault(clip.id, {"original": ref})[system.name] = est
+        system_settings[system.name] = system.settings()  # again: some record what processing measured
         corpus[system.name] = {k: v for m in usable for k, v in m.summary().items()}
         for metric in usable:
             for fname, records in getattr(metric, "artifacts", dict)().items():

@@ -29,6 +29,7 @@ and is 0 for a lossless codec whatever the ASR model's own error.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import unicodedata
 from pathlib import Path
@@ -200,13 +201,14 @@ class FasterWhisperASR:
                                       local_files_only=True)
         except (RuntimeError, ValueError, OSError) as exc:
             raise MetricUnavailable(f"asr=faster_whisper: cannot load {folder}: {exc}") from None
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
         self.folder, self.language, self.compute_type = folder, language, compute_type
         self.english_only = not self.model.model.is_multilingual
 
     def describe(self) -> dict[str, Any]:
         from importlib.metadata import version
 
-        from codecfw.core.evaluate import file_sha256
+        from codecfw.core.evaluation.evaluate import file_sha256
 
         return {"backend": "faster_whisper", "version": version("faster-whisper"),
                 "ctranslate2": version("ctranslate2"), "model": str(self.folder),

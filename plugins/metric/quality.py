@@ -82,7 +82,7 @@ class DNSMOS(Metric):
         self.model  # noqa: B018 - loading the ONNX sessions is the check
 
     def settings(self) -> dict[str, Any]:
-        from codecfw.core.evaluate import file_sha256
+        from codecfw.core.evaluation.evaluate import file_sha256
 
         primary, p808 = self._model_files()
         return {**super().settings(), "package": f"speechmos {version('speechmos')}",
