@@ -20,8 +20,9 @@ Columns (frames are paired one to one: both signals are aligned to the same leng
   frames;
 * ``gpe`` (%): gross pitch error, frames voiced in both whose F0 differs by more than 20 % / frames voiced in both.
 
-The corpus summary pools frames over clips (not a mean of per-clip values). Default domains: every clip (speech and
-music); clips with no frame voiced in both get NaN for ``f0_rmse_cents`` and ``gpe``.
+The corpus summary pools frames over clips (not a mean of per-clip values). Default domains: speech and music (a
+"pitch" of noise or effects is meaningless and would dominate the pooled RMSE; unlabelled clips are scored); clips
+with no frame voiced in both get NaN for ``f0_rmse_cents`` and ``gpe``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class F0Config(MetricConfig):
     gross_error: float = Field(0.2, gt=0, description="relative F0 deviation counted as a gross pitch error")
     batch_size: int = Field(512, gt=0, description="CREPE frames per forward pass")
     device: str = "cpu"
-    domains: list[str] | None = None
+    domains: list[str] | None = ["speech", "music"]
 
 
 def _bin_cents(bins: Tensor) -> Tensor:
