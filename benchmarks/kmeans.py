@@ -87,14 +87,16 @@ def run_sklearn(x: np.ndarray, k: int, args) -> dict:
             "work": f"{km.n_steps_} steps of {km._batch_size}, {km.n_iter_} epochs"}
 
 
-def run_faiss(x: np.ndarray, k: int, args) -> dict | None:
+def run_faiss(x: np.ndarray, k: int, args, gpu: bool | None = None) -> dict | None:
+    """faiss's k-means; on the GPU when ``gpu`` (default: when ``args.device`` is CUDA)."""
     try:
         import faiss
     except ImportError:
         return None
     faiss.omp_set_num_threads(args.threads)
+    gpu = args.device.startswith("cuda") if gpu is None else gpu
     km = faiss.Kmeans(x.shape[1], k, niter=args.iters, seed=1234, verbose=False,
-                      max_points_per_centroid=len(x) // k + 1, gpu=args.device.startswith("cuda"))
+                      max_points_per_centroid=len(x) // k + 1, gpu=gpu)
     t = time.perf_counter()
     km.train(x)
     return {"centroids": km.centroids, "seconds": time.perf_counter() - t, "passes": args.iters,
@@ -148,6 +150,15 @@ def main() -> None:
     print(f"data: {args.rows} x {args.dim} float32 -> {args.clusters} centroids; device {args.device}, "
           f"{args.threads} threads", flush=True)
     x = make_data(args.rows, args.dim, args.clusters)
+    results = compare(x, args, skip)
+    report(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+
+
+def compare(x: np.ndarray, args, skip: set[str], extra_runs: list | None = None) -> dict[str, dict]:
+    """Every method on ``x`` (see the module docstring), each scored by the same pass; ``args`` carries main()'s
+    options. ``extra_runs``: more ``(name, fn(x) -> result | None)`` pairs (another device's faiss)."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         writer = FeatureWriter(tmp, args.dim, shard_rows=131072)
@@ -161,9 +172,10 @@ def main() -> None:
         if "sklearn" not in skip:
             runs.append(("sklearn MiniBatchKMeans", lambda: run_sklearn(x, args.clusters, args)))
         if "faiss" not in skip:
-            runs.append(("faiss Kmeans", lambda: run_faiss(x, args.clusters, args)))
+            runs.append(("faiss Kmeans", lambda: run_faiss(x, args.clusters, args, getattr(args, "faiss_gpu", None))))
         if args.reference:
             runs.append(("reference kmeans_pytorch", lambda: run_reference(x, args.clusters, args)))
+        runs += [(name, lambda fn=fn: fn(x)) for name, fn in extra_runs or []]
         # codecfw's fit() ends with a scoring pass over the data (sizes, dead centroids, final inertia) that the
         # others do not run; time one such pass and subtract it so the wall times compare the same work.
         t = time.perf_counter()
@@ -180,7 +192,10 @@ def main() -> None:
             results[name] = out
             print(f"{name:26s} {out['seconds']:9.1f} s  inertia/row {out['inertia_per_row']:.5f}  "
                   f"dead {out['dead']:5d}  ({out['work']}{'; ' + out['note'] if 'note' in out else ''})", flush=True)
+    return results
 
+
+def report(results: dict[str, dict]) -> None:
     base = results["codecfw lloyd"]
     print("\nratios (codecfw lloyd vs X): wall time = codecfw / X (below 1: codecfw faster); "
           "inertia = codecfw / X (below 1: codecfw better)")
@@ -199,8 +214,6 @@ def main() -> None:
         mb, sk = results["codecfw minibatch"], results["sklearn MiniBatchKMeans"]
         print(f"  codecfw minibatch vs sklearn MiniBatchKMeans: time {mb['seconds'] / sk['seconds']:6.3f}   "
               f"inertia {mb['inertia_per_row'] / sk['inertia_per_row']:6.4f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

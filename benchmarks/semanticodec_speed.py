@@ -159,9 +159,9 @@ def import_reference(path: str):
     return main
 
 
-def reference_codec(main, small: bool, token_rate: int, steps: int, sem_table, ac_table):
+def reference_codec(main, small: bool, token_rate: int, steps: int, sem_table, ac_table, device="cpu"):
     """``SemantiCodec`` built without checkpoints: random decoder weights and an encoder shell holding the token
-    tables (all that ``decode`` uses)."""
+    tables (all that ``decode`` uses), on ``device``."""
     import semanticodec.modules.decoder.latent_encoder.autoencoder as autoencoder
     from semanticodec.modules.decoder import hifigan
     from semanticodec.modules.decoder.latent_diffusion.util import instantiate_from_config
@@ -198,7 +198,9 @@ def reference_codec(main, small: bool, token_rate: int, steps: int, sem_table, a
     sc = main.SemantiCodec.__new__(main.SemantiCodec)
     torch.nn.Module.__init__(sc)
     sc.token_rate, sc.stack_factor_K, sc.ddim_sample_step, sc.cfg_scale = token_rate, 100 / token_rate, steps, 2.0
-    sc.device, sc.encoder, sc.decoder = torch.device("cpu"), encoder, decoder
+    device = torch.device(device)
+    encoder.centroid_npy = encoder.centroid_npy.to(device)
+    sc.device, sc.encoder, sc.decoder = device, encoder.to(device), decoder.to(device)
     return sc
 
 

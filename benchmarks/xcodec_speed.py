@@ -72,6 +72,38 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def measure(small: bool, seconds: float, batch: int, repeats: int, device: torch.device | str,
+            models=None) -> dict:
+    """Encode/decode RTFs of codecfw (as trained and weight norm folded) and transformers on one random batch.
+    ``models``: ``build_models(small)``'s output, to reuse between batch sizes."""
+    device = torch.device(device)
+    hf, codec, folded = models or build_models(small)
+    hf, codec, folded = hf.to(device), codec.to(device), folded.to(device)
+    n = int(round(seconds * 16000 / 320)) * 320
+    torch.manual_seed(1)
+    x = (0.1 * torch.randn(batch, 1, n)).to(device)
+
+    with torch.inference_mode():
+        t_hf_enc, codes = timed(lambda: hf.encode(x, return_dict=False), repeats)
+        t_cf_enc, tokens = timed(lambda: codec.encode(x), repeats)
+        ours = torch.stack([tokens[f"rvq{i}"] for i in range(codes.shape[1])], 1)
+        identical = bool(torch.equal(ours, codes))
+        t_hf_dec, y_hf = timed(lambda: hf.decode(codes, return_dict=False), repeats)
+        t_cf_dec, y_cf = timed(lambda: codec.decode(tokens, n), repeats)
+        t_fo_enc, _ = timed(lambda: folded.encode(x), repeats)
+        t_fo_dec, _ = timed(lambda: folded.decode(tokens, n), repeats)
+        rel = float((y_cf - y_hf[..., :n]).norm() / y_hf[..., :n].norm())
+
+    audio = seconds * batch
+    rows = {"encode": (t_cf_enc / audio, t_hf_enc / audio), "decode": (t_cf_dec / audio, t_hf_dec / audio),
+            "encode (codecfw weight norm folded)": (t_fo_enc / audio, t_hf_enc / audio),
+            "decode (codecfw weight norm folded)": (t_fo_dec / audio, t_hf_dec / audio)}
+    return {"small": small, "seconds": seconds, "batch": batch, "device": str(device), "repeats": repeats,
+            "parameters_m": sum(p.numel() for p in codec.parameters()) / 1e6,
+            "codes_identical": identical, "waveform_rel_diff": rel,
+            "rtf": {k: {"codecfw": v[0], "transformers": v[1], "ratio": v[0] / v[1]} for k, v in rows.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", action="store_true", help="tiny configuration and 2 s of audio")
@@ -85,43 +117,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seconds = args.seconds or (2.0 if args.small else 10.0)
-    device = torch.device(args.device)
-
-    hf, codec, folded = build_models(args.small)
-    hf, codec, folded = hf.to(device), codec.to(device), folded.to(device)
-    n = int(round(seconds * 16000 / 320)) * 320
-    torch.manual_seed(1)
-    x = (0.1 * torch.randn(args.batch, 1, n)).to(device)
-
-    with torch.inference_mode():
-        t_hf_enc, codes = timed(lambda: hf.encode(x, return_dict=False), args.repeats)
-        t_cf_enc, tokens = timed(lambda: codec.encode(x), args.repeats)
-        ours = torch.stack([tokens[f"rvq{i}"] for i in range(codes.shape[1])], 1)
-        identical = bool(torch.equal(ours, codes))
-        t_hf_dec, y_hf = timed(lambda: hf.decode(codes, return_dict=False), args.repeats)
-        t_cf_dec, y_cf = timed(lambda: codec.decode(tokens, n), args.repeats)
-        t_fo_enc, _ = timed(lambda: folded.encode(x), args.repeats)
-        t_fo_dec, _ = timed(lambda: folded.decode(tokens, n), args.repeats)
-        rel = float((y_cf - y_hf[..., :n]).norm() / y_hf[..., :n].norm())
-
-    audio = seconds * args.batch
-    rows = {"encode": (t_cf_enc / audio, t_hf_enc / audio), "decode": (t_cf_dec / audio, t_hf_dec / audio),
-            "encode (codecfw weight norm folded)": (t_fo_enc / audio, t_hf_enc / audio),
-            "decode (codecfw weight norm folded)": (t_fo_dec / audio, t_hf_dec / audio)}
-    params = sum(p.numel() for p in codec.parameters()) / 1e6
-    print(f"X-Codec {'small' if args.small else 'full-size'} ({params:.1f}M parameters incl. teacher), "
-          f"{args.batch} x {seconds:g} s at 16 kHz, {device}, {torch.get_num_threads()} thread(s), "
-          f"median of {args.repeats}")
-    print(f"codes identical: {identical}; waveform relative difference: {rel:.2e}")
+    result = measure(args.small, seconds, args.batch, args.repeats, args.device)
+    print(f"X-Codec {'small' if args.small else 'full-size'} ({result['parameters_m']:.1f}M parameters incl. "
+          f"teacher), {args.batch} x {seconds:g} s at 16 kHz, {result['device']}, {torch.get_num_threads()} "
+          f"thread(s), median of {args.repeats}")
+    print(f"codes identical: {result['codes_identical']}; waveform relative difference: "
+          f"{result['waveform_rel_diff']:.2e}")
     print(f"{'':36s} {'codecfw RTF':>12s} {'transformers RTF':>17s} {'ratio codecfw/transformers':>27s}")
-    for name, (ours_rtf, theirs_rtf) in rows.items():
-        print(f"{name:36s} {ours_rtf:12.4f} {theirs_rtf:17.4f} {ours_rtf / theirs_rtf:27.2f}")
+    for name, r in result["rtf"].items():
+        print(f"{name:36s} {r['codecfw']:12.4f} {r['transformers']:17.4f} {r['ratio']:27.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"small": args.small, "seconds": seconds, "batch": args.batch, "device": str(device),
-                       "codes_identical": identical, "waveform_rel_diff": rel,
-                       "rtf": {k: {"codecfw": v[0], "transformers": v[1], "ratio": v[0] / v[1]}
-                               for k, v in rows.items()}}, f, indent=2)
+            json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,13 @@ class TrainConfig(StrictModel):
     lr_decay: float = Field(0.999996, gt=0, le=1, description="per-step factor for the exponential schedule")
     grad_accum: int = Field(1, gt=0)
     grad_clip: float | None = Field(None, gt=0)
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision on CUDA; CPU runs fp32")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast: bf16 on CUDA or CPU, fp16 "
+                                                                           "(with a GradScaler) on CUDA; CPU runs "
+                                                                           "fp16 as fp32")
+    compile: bool = Field(False, description="torch.compile the codec's compile targets (T-UNet, DAC encoder and "
+                                             "decoder) before training")
+    compile_backend: str = Field("inductor", description="torch.compile backend (aot_eager/eager: debugging, no "
+                                                         "C compiler needed)")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of the weights; None disables it")
     discriminator_start: int = Field(0, ge=0, description="step from which the adversarial turns run")
     loss_weights: dict[str, float] = Field(default_factory=dict,

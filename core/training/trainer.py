@@ -66,6 +66,18 @@ class LRSchedule:
         return 1.0
 
 
+def compile_marked_modules(module: nn.Module, backend: str = "inductor") -> list[str]:
+    """``torch.compile`` (in place, ``nn.Module.compile``) every submodule whose class sets ``compile_target = True``
+    (the T-UNet, the DAC encoder and decoder stacks): the heavy, shape-stable networks, not the quantizers with
+    their data-dependent control flow. Parameter names and checkpoints are unchanged. Returns the compiled names."""
+    names = []
+    for name, sub in module.named_modules():
+        if getattr(type(sub), "compile_target", False) and not any(name.startswith(n + ".") for n in names):
+            sub.compile(backend=backend)
+            names.append(name)
+    return names
+
+
 def default_run_dir(recipe: RecipeBase) -> Path:
     return Path("runs") / f"{recipe.name}-{recipe.config_hash()}"
 
@@ -122,6 +134,9 @@ class Trainer:
         # The codec is built after the process group exists: vector-quantize-pytorch turns on its all-reduce of EMA
         # statistics (sync_codebook) when it sees one.
         self.codec: Codec = build_codec(recipe, self.registry).to(self.device)
+        if cfg.compile:
+            compiled = compile_marked_modules(self.codec, cfg.compile_backend)
+            log.info("torch.compile (%s): %s", cfg.compile_backend, ", ".join(compiled) or "no compile targets")
         self.objective_kind = self.codec.decoder.objective
         self.discriminator: nn.Module | None = None
         self.losses: dict[str, tuple[nn.Module, float]] = {}
@@ -167,7 +182,8 @@ class Trainer:
         self.schedulers = {turn: torch.optim.lr_scheduler.LambdaLR(
             opt, LRSchedule(cfg.warmup_steps, cfg.schedule, total[turn], cfg.lr_decay, cfg.min_lr_ratio))
             for turn, opt in self.optimizers.items()}
-        use_amp = self.device.type == "cuda" and cfg.precision != "fp32"
+        # bf16 autocast runs on CUDA and CPU (torch's CPU autocast); fp16 needs CUDA (its GradScaler).
+        use_amp = cfg.precision == "bf16" or (self.device.type == "cuda" and cfg.precision == "fp16")
         if cfg.precision != "fp32" and not use_amp:
             log.info("precision %s is for CUDA; training in fp32 on %s", cfg.precision, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision) if use_amp else None
@@ -260,7 +276,8 @@ class Trainer:
             self.scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"]]
             stats[f"grad_norm/{turn}"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf).detach()
-            stats[f"lr/{turn}"] = torch.tensor(optimizer.param_groups[0]["lr"])
+            # made on the device: a host tensor would be copied there in _record, a blocking copy every step
+            stats[f"lr/{turn}"] = torch.full((), optimizer.param_groups[0]["lr"], device=self.device)
             self.scaler.step(optimizer)
             self.schedulers[turn].step()
         self.scaler.update()
@@ -309,7 +326,9 @@ class Trainer:
 
     def _record(self, stats: dict[str, Tensor]) -> None:
         keys = sorted(stats)
-        values = all_reduce_mean(torch.stack([torch.as_tensor(stats[k], device=self.device).float()
+        # non_blocking: a host scalar (a plugin's float metric) must not wait for the device's queue to drain
+        values = all_reduce_mean(torch.stack([torch.as_tensor(stats[k]).to(self.device, torch.float32,
+                                                                            non_blocking=True)
                                               for k in keys]), self.dist)
         extra = {"epoch": self.epoch, "time": time.time()}
         self._log_buffer.append((self.step, keys, values, extra))  # host sync deferred to the flush
@@ -477,6 +496,8 @@ class Trainer:
             "best_valid_loss": None if math.isinf(self.best_valid) else self.best_valid,
             "last_checkpoint": str(ckpt.latest_checkpoint(self.run_dir)), "world_size": self.dist.world_size,
         }
+        if self.device.type == "cuda":  # this process's peak (rank 0's in the summary)
+            summary["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         for split, loader in (("train_data", self.train_loader), ("valid_data", self.valid_loader)):
             dataset = getattr(loader, "dataset", None)
             if hasattr(dataset, "summary"):

@@ -110,6 +110,8 @@ class TUNet2DConditionModel(UNet2DConditionModel):
     keys/values across steps.
     """
 
+    compile_target = True  # train.compile: compiled as a whole (codecfw.core.trainer.compile_marked_modules)
+
     @register_to_config
     def __init__(self, in_channels: int = 8, out_channels: int = 8, model_channels: int = 64,
                  channel_mult: Sequence[int] = (1, 2, 3, 5), num_res_blocks: int = 2,

@@ -346,11 +346,14 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
             raise ValueError("cannot encode an empty waveform")
         segments = self.layout.num_segments(n, self.cfg.reference_compat)
         x = F.pad(x, (0, segments * SEGMENT_SAMPLES - n))
-        if self.cfg.reference_compat:  # one fbank over the whole padded signal, as the reference
-            fbank = torch.stack([kaldi_fbank(item, segments * SEGMENT_FRAMES) for item in x])
-        else:  # each window on its own: chunked encoding then equals whole-file encoding
-            fbank = torch.stack([kaldi_fbank(item, SEGMENT_FRAMES) for item in x.reshape(-1, SEGMENT_SAMPLES)])
-            fbank = fbank.reshape(x.shape[0], segments * SEGMENT_FRAMES, MEL_BINS)
+        # float32 under a bf16 training autocast too: tokens must not depend on the training precision (and the
+        # frozen AudioMAE, run without autocast, would get a bf16 input)
+        with torch.autocast(x.device.type, enabled=False):
+            if self.cfg.reference_compat:  # one fbank over the whole padded signal, as the reference
+                fbank = torch.stack([kaldi_fbank(item, segments * SEGMENT_FRAMES) for item in x])
+            else:  # each window on its own: chunked encoding then equals whole-file encoding
+                fbank = torch.stack([kaldi_fbank(item, SEGMENT_FRAMES) for item in x.reshape(-1, SEGMENT_SAMPLES)])
+                fbank = fbank.reshape(x.shape[0], segments * SEGMENT_FRAMES, MEL_BINS)
         return fbank, self.layout.num_tokens(n, self.cfg.reference_compat)
 
     def chunk_policy(self):
