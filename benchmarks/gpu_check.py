@@ -230,10 +230,20 @@ def steady_rate(run_dir: Path, warmup: int) -> tuple[float | None, float | None,
     return (timed[-1]["step"] - timed[0]["step"]) / (timed[-1]["time"] - timed[0]["time"]), loss, len(rows)
 
 
+def train_argv(path: Path, overrides: list[str], run_dir: Path, device: str) -> list[str]:
+    return ["train", str(path), "--run-dir", str(run_dir), "--device", device, "--no-progress", *overrides]
+
+
+def torchrun_command(argv: list[str]) -> list[str]:
+    """``torchrun --nproc-per-node 1 -m codecfw.core.cli ARGV`` (torchrun as this interpreter's module)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port",
+            str(_free_port()), "-m", "codecfw.core.cli", *argv]
+
+
 def run_training(name: str, path: Path, overrides: list[str], run_dir: Path, device: str, dry_run: bool,
                  timeout: float) -> dict:
     """Train through the real command; in a dry run the same command in this process (no torchrun start-up)."""
-    argv = ["train", str(path), "--run-dir", str(run_dir), "--device", device, "--no-progress", *overrides]
+    argv = train_argv(path, overrides, run_dir, device)
     logfile = run_dir.parent / f"train-{name}.log"
     t = time.perf_counter()
     if dry_run:
@@ -242,8 +252,7 @@ def run_training(name: str, path: Path, overrides: list[str], run_dir: Path, dev
         rc = cli_main(argv)
         tail = ""
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1", "--master-port",
-               str(_free_port()), "-m", "codecfw.core.cli", *argv]
+        cmd = torchrun_command(argv)
         with open(logfile, "w") as f:
             f.write(" ".join(cmd) + "\n")
             f.flush()
