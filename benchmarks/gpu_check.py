@@ -295,28 +295,34 @@ def precision_and_sync(path: Path, overrides: list[str], device: torch.device, w
         state = {k: v.detach().clone() for k, v in codec.state_dict().items()}
         devices = [device] if device.type == "cuda" else []
 
-        def step_loss(dtype: torch.dtype | None) -> float:
+        def step_loss(dtype: torch.dtype | None) -> tuple[float, dict[str, float]]:
             codec.load_state_dict(state)  # EMA codebooks, k-means init and scale_by_std change buffers in training
             trainer.objective.begin_step(0)
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(1234)
                 with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    loss = trainer.objective.step(batch, "generator").loss.detach().float()
+                    result = trainer.objective.step(batch, "generator")
             trainer.objective.reset()
-            return float(loss)
+            return float(result.loss.detach().float()), {k: float(v) for k, v in result.stats.items()}
 
         tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         try:
-            fp32 = step_loss(None)
+            fp32, fp32_terms = step_loss(None)
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-        bf16 = step_loss(torch.bfloat16)
+        bf16, bf16_terms = step_loss(torch.bfloat16)
         codec.load_state_dict(state)
         rel = abs(bf16 - fp32) / max(abs(fp32), 1e-12)
+        # which logged term moved most (relative), to know where to look when the totals differ
+        terms = {k: abs(bf16_terms[k] - v) / max(abs(v), 1e-12) for k, v in fp32_terms.items()
+                 if k in bf16_terms and k.startswith("loss/")}
+        worst = max(terms, key=terms.get) if terms else None
         out = {"fp32_loss": fp32, "bf16_loss": bf16, "rel_diff": rel, "rtol": LOSS_RTOL,
                "finite": math.isfinite(fp32) and math.isfinite(bf16),
-               "equal_within_rtol": math.isfinite(rel) and rel <= LOSS_RTOL}
+               "equal_within_rtol": math.isfinite(rel) and rel <= LOSS_RTOL,
+               "largest_term_rel_diff": f"{worst} {terms[worst]:.2e}" if worst else None,
+               "fp32_terms": fp32_terms, "bf16_terms": bf16_terms}
         out.update(count_syncs(trainer, batch, device))
     finally:
         trainer.close()
@@ -394,7 +400,8 @@ def section_train(args, cfg: dict, deadline: float, emit: Callable[[dict], None]
                 f"{entry['peak_gpu_mib'] or float('nan'):.0f} MiB, last loss {loss}")
             entry.update(precision_and_sync(path, overrides, device, work))
             log(f"[train] {name}: fp32 loss {entry['fp32_loss']:.6g}, bf16 {entry['bf16_loss']:.6g} "
-                f"(rel {entry['rel_diff']:.2e}); syncs in a step: {entry['sync_count']} ({entry['sync_sites']})")
+                f"(rel {entry['rel_diff']:.2e}; most moved term {entry['largest_term_rel_diff']}); syncs in a step: "
+                f"{entry['sync_count']} ({entry['sync_sites']})")
             ok = entry["loss_finite"] and entry["finite"] and entry["equal_within_rtol"]
             entry["status"] = "ok" if ok else "failed"
             if not ok:
@@ -536,9 +543,9 @@ def section_decode(args, cfg: dict, deadline: float, emit: Callable[[dict], None
                                 "share_of_peak": achieved / peak if peak else None,
                                 "measured_bf16_gemm_tflops": gemm, "share_of_measured_gemm": achieved / gemm,
                                 "precision": dec.cfg.precision}
+        share = f" = {100 * achieved / peak:.1f} % of {peak:g} TFLOP/s" if peak else ""
         log(f"[decode] guided UNet step ({2 * batch} rows): {step_s * 1e3:.2f} ms, {gflop:.0f} GFLOP, "
-            f"{achieved:.1f} TFLOP/s = {100 * achieved / peak if peak else float('nan'):.1f} % of {peak} "
-            f"({source}); measured bf16 GEMM {gemm:.0f} TFLOP/s")
+            f"{achieved:.3g} TFLOP/s{share} ({source}); measured bf16 GEMM {gemm:.3g} TFLOP/s")
         emit(results)
         results["encode"] = encode_rtf(args, cfg, device)
         log(f"[decode] encode {cfg['encode_seconds']:g} s: {results['encode']['seconds']:.2f} s, "
