@@ -810,13 +810,12 @@ def main(argv: list[str] | None = None) -> int:
     log(f"gpu_check: {report['meta']['mode']} on {report['meta'].get('gpu', args.device)}, sections "
         f"{', '.join(only)}, budget {args.budget_s:.0f} s -> {args.outdir}")
     start = time.monotonic()
-    share = sum(BUDGET_SHARES[s] for s in only)
     for name in only:
-        budget = args.budget_s * BUDGET_SHARES[name] / share
-        # time left unused by earlier sections goes to the later ones
+        # the time left, shared among the sections still to run: what earlier sections left unused goes to the later
+        # ones, and an overrun shrinks them (never below 20 s: a section always gets its chance to report)
         left = args.budget_s - (time.monotonic() - start)
         remaining_share = sum(BUDGET_SHARES[s] for s in only[only.index(name):])
-        budget = max(budget, left * BUDGET_SHARES[name] / remaining_share)
+        budget = max(20.0, left * BUDGET_SHARES[name] / remaining_share)
         log(f"\n== {name} (budget {budget:.0f} s) ==")
         if args.dry_run:
             entry = run_section_here(name, args, budget)
