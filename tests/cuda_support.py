@@ -20,6 +20,7 @@ def nccl_worker(rank: int, world_size: int, port: int, out: str, recipe: dict) -
     from codecfw.core.config import validate_recipe
     from codecfw.core.distributed import (DistributedContext, all_reduce_mean, all_true, broadcast_buffers,
                                           shutdown_distributed, wrap_ddp)
+    from codecfw.core.objectives import weighted_slot_losses
     from codecfw.core.trainer import Trainer
 
     from codecfw.tests.training_support import training_registry
@@ -52,8 +53,12 @@ def nccl_worker(rank: int, world_size: int, port: int, out: str, recipe: dict) -
         plain.load_state_dict(codec.state_dict())
         model = wrap_ddp(codec, ctx)
         y = torch.randn(2, 1, 1600, device=device)
-        model(y).decoder.waveform.square().mean().backward()
-        plain(y).decoder.waveform.square().mean().backward()
+
+        def loss(output):  # every parameter gets a gradient: the waveform's and the quantizers' own losses
+            return output.decoder.waveform.square().mean() + weighted_slot_losses(output, {}).loss
+
+        loss(model(y)).backward()
+        loss(plain(y)).backward()
         grads = [(a.grad.detach().cpu(), b.grad.detach().cpu()) for a, b in zip(codec.parameters(), plain.parameters())
                  if a.grad is not None]
         mean = all_reduce_mean(torch.tensor([3.0], device=device), ctx)
