@@ -256,17 +256,30 @@ def run_training(name: str, path: Path, overrides: list[str], run_dir: Path, dev
         with open(logfile, "w") as f:
             f.write(" ".join(cmd) + "\n")
             f.flush()
-            try:
-                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, timeout=timeout,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
+            rc, _ = run_group(cmd, timeout, stdout=f, stderr=subprocess.STDOUT)
         tail = "\n".join(logfile.read_text(errors="replace").splitlines()[-12:])
     out = {"command": ("torchrun --nproc-per-node 1 -m codecfw.core.cli " if not dry_run else "codecfw ")
            + " ".join(argv), "wall_s": time.perf_counter() - t, "returncode": rc}
     if rc != 0:
         raise RuntimeError(f"training {name} ended with {rc}:\n{tail}")
     return out
+
+
+def run_group(cmd: list[str], timeout: float, **kwargs) -> tuple[int | str, str | None]:
+    """Run ``cmd`` in a session of its own; on timeout kill the whole group (torchrun's and pytest's workers too,
+    which would otherwise hold the GPU). Returns (exit code or "timeout", captured output if ``capture``)."""
+    capture = kwargs.pop("capture", False)
+    if capture:
+        kwargs.update(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            **kwargs)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return "timeout", out
 
 
 def _free_port() -> int:
@@ -621,8 +634,13 @@ def section_kmeans(args, cfg: dict, deadline: float, emit: Callable[[dict], None
     results: dict[str, Any] = {"data_s": time.perf_counter() - t, **k, "faiss_threads": threads,
                                "faiss_gpu": bool(extra)}
     torch.manual_seed(0)
-    runs = kmeans_bench.compare(x, ns, {"sklearn", "minibatch"}, extra)
-    renamed = {("faiss Kmeans (CPU)" if n == "faiss Kmeans" else n): r for n, r in runs.items()}
+
+    def named(runs: dict) -> dict:
+        return {("faiss Kmeans (CPU)" if n == "faiss Kmeans" else n): r for n, r in runs.items()}
+
+    runs = kmeans_bench.compare(x, ns, {"sklearn", "minibatch"}, extra,
+                                on_result=lambda so_far: emit({**results, "methods": named(so_far)}))
+    renamed = named(runs)
     if "faiss Kmeans (CPU)" not in renamed:
         renamed["faiss Kmeans (CPU)"] = {"error": "faiss is not installed"}
     results["methods"] = renamed
@@ -643,13 +661,8 @@ def section_cuda_tests(args, cfg: dict, deadline: float, emit: Callable[[dict], 
            "--continue-on-collection-errors", f"--junitxml={junit}", *target]
     timeout = max(10.0, deadline - time.monotonic())
     logfile = args.work_dir / "cuda_tests.log"
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        output, rc = proc.stdout + proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        output, rc = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else \
-            (exc.stdout or ""), "timeout"
+    rc, output = run_group(cmd, timeout, capture=True)
+    output = output or ""
     logfile.write_text(output)
     results: dict[str, Any] = {"command": " ".join(cmd[1:]), "returncode": rc}
     if junit.is_file():
@@ -703,8 +716,7 @@ def environment(args) -> dict:
         props = torch.cuda.get_device_properties(device)
         meta.update(gpu=torch.cuda.get_device_name(device), gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
-                    nccl=".".join(map(str, torch.cuda.nccl.version())) if torch.distributed.is_nccl_available()
-                    else None, gpus=torch.cuda.device_count())
+                    nccl=_nccl_version(), gpus=torch.cuda.device_count())
     try:
         meta["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                         text=True, timeout=10).stdout.strip() or None
@@ -717,6 +729,14 @@ def environment(args) -> dict:
     except ImportError:
         meta["faiss"] = None
     return meta
+
+
+def _nccl_version() -> str | None:
+    try:
+        v = torch.cuda.nccl.version()
+    except Exception:  # noqa: BLE001 - a build without NCCL
+        return None
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
 
 
 def run_section_here(name: str, args, budget: float, partial_path: Path | None = None) -> dict:

@@ -156,9 +156,10 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 
 
-def compare(x: np.ndarray, args, skip: set[str], extra_runs: list | None = None) -> dict[str, dict]:
+def compare(x: np.ndarray, args, skip: set[str], extra_runs: list | None = None, on_result=None) -> dict[str, dict]:
     """Every method on ``x`` (see the module docstring), each scored by the same pass; ``args`` carries main()'s
-    options. ``extra_runs``: more ``(name, fn(x) -> result | None)`` pairs (another device's faiss)."""
+    options. ``extra_runs``: more ``(name, fn(x) -> result | None)`` pairs (another device's faiss).
+    ``on_result(results so far)`` is called after each method."""
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         writer = FeatureWriter(tmp, args.dim, shard_rows=131072)
@@ -192,6 +193,8 @@ def compare(x: np.ndarray, args, skip: set[str], extra_runs: list | None = None)
             results[name] = out
             print(f"{name:26s} {out['seconds']:9.1f} s  inertia/row {out['inertia_per_row']:.5f}  "
                   f"dead {out['dead']:5d}  ({out['work']}{'; ' + out['note'] if 'note' in out else ''})", flush=True)
+            if on_result is not None:
+                on_result(dict(results))
     return results
 
 
