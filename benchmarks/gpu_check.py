@@ -312,7 +312,7 @@ def precision_and_sync(path: Path, overrides: list[str], device: torch.device, w
     the host-device synchronisations of one real training step (CUDA only)."""
     from codecfw.core.config import load_recipe
     from codecfw.core.registry import get_registry
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.trainer import Trainer
 
     registry = get_registry()
     recipe = load_recipe(path, [*overrides, "train.precision=fp32", "data.num_workers=0"], registry)

@@ -18,10 +18,10 @@ def nccl_worker(rank: int, world_size: int, port: int, out: str, recipe: dict) -
 
     from codecfw.core.codec import build_codec
     from codecfw.core.config import validate_recipe
-    from codecfw.core.distributed import (DistributedContext, all_reduce_mean, all_true, broadcast_buffers,
+    from codecfw.core.training.distributed import (DistributedContext, all_reduce_mean, all_true, broadcast_buffers,
                                           shutdown_distributed, wrap_ddp)
-    from codecfw.core.objectives import weighted_slot_losses
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.objectives import weighted_slot_losses
+    from codecfw.core.training.trainer import Trainer
 
     from codecfw.tests.training_support import training_registry
 

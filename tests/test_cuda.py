@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from codecfw.core.config import validate_recipe
-from codecfw.core.trainer import Trainer
+from codecfw.core.training.trainer import Trainer
 
 from .training_support import make_corpus, toy_recipe, training_registry
 
@@ -106,8 +106,8 @@ def test_ddp_step_over_nccl(corpus, tmp_path):
 
 
 def test_compiled_dac_blocks_match_eager_on_cuda():
-    from codecfw.core.trainer import compile_marked_modules
-    from codecfw.plugins.acoustic.dac_blocks import DACDecoder, DACEncoder
+    from codecfw.core.training.trainer import compile_marked_modules
+    from codecfw.plugins.nn.dac import DACDecoder, DACEncoder
 
     torch.manual_seed(0)
     eager = torch.nn.Sequential(DACEncoder(8, (2, 4), 16), DACDecoder(16, 32, (4, 2))).cuda()
@@ -126,8 +126,8 @@ def test_compiled_dac_blocks_match_eager_on_cuda():
 def test_kmeans_on_cuda_matches_cpu():
     import numpy as np
 
-    from codecfw.core.clustering import KMeans, KMeansConfig
-    from codecfw.core.feature_store import ArrayStore
+    from codecfw.core.clustering.kmeans import KMeans, KMeansConfig
+    from codecfw.core.clustering.feature_store import ArrayStore
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((16, 24)).repeat(250, 0) + 0.1 * rng.standard_normal((4000, 24))).astype(np.float32)

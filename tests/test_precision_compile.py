@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from codecfw.core.config import load_recipe, validate_recipe
-from codecfw.core.trainer import Trainer, compile_marked_modules
+from codecfw.core.training.trainer import Trainer, compile_marked_modules
 
 from .training_support import make_corpus, toy_recipe, training_registry
 
@@ -56,7 +56,7 @@ def test_fp16_needs_cuda_and_runs_fp32_on_cpu(corpus, tmp_path):
 
 
 def _dac_pair():
-    from codecfw.plugins.acoustic.dac_blocks import DACDecoder, DACEncoder
+    from codecfw.plugins.nn.dac import DACDecoder, DACEncoder
 
     return torch.nn.Sequential(DACEncoder(4, (2, 2), 8), DACDecoder(8, 16, (2, 2)))
 

@@ -110,7 +110,7 @@ class TUNet2DConditionModel(UNet2DConditionModel):
     keys/values across steps.
     """
 
-    compile_target = True  # train.compile: compiled as a whole (codecfw.core.trainer.compile_marked_modules)
+    compile_target = True  # train.compile compiles it whole (core.training.trainer.compile_marked_modules)
 
     @register_to_config
     def __init__(self, in_channels: int = 8, out_channels: int = 8, model_channels: int = 64,

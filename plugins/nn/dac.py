@@ -121,7 +121,7 @@ class DACEncoder(nn.Module):
     waveform : Tensor[B x 1 x N] → Tensor[B x latent_dim x N/hop] (exactly when ``N`` is a multiple of the hop)
     """
 
-    compile_target = True  # train.compile: compiled as a whole (codecfw.core.trainer.compile_marked_modules)
+    compile_target = True  # train.compile compiles it whole (core.training.trainer.compile_marked_modules)
 
     def __init__(self, channels: int = 64, strides: Sequence[int] = (8, 5, 4, 2), latent_dim: int = 256,
                  dilations: Sequence[int] = (1, 3, 9), kernel_size: int = 7, in_channels: int = 1) -> None:
@@ -173,7 +173,7 @@ class DACDecoder(nn.Module):
     latent : Tensor[B x input_dim x T] → Tensor[B x out_channels x T·prod(rates)]
     """
 
-    compile_target = True  # train.compile: compiled as a whole (codecfw.core.trainer.compile_marked_modules)
+    compile_target = True  # train.compile compiles it whole (core.training.trainer.compile_marked_modules)
 
     def __init__(self, input_dim: int = 256, channels: int = 1024, rates: Sequence[int] = (8, 5, 4, 2),
                  dilations: Sequence[int] = (1, 3, 9), kernel_size: int = 7, out_channels: int = 1,
