@@ -967,7 +967,7 @@ def _decode_table(r: dict) -> list[str]:
     u = r.get("unet_step")
     if u:
         out += ["", f"guided UNet step ({u['batch_rows']} rows, {u['precision']}): {u['seconds'] * 1e3:.2f} ms, "
-                f"{u['gflop']:.0f} GFLOP, {u['tflops']:.1f} TFLOP/s = "
+                f"{u['gflop']:.0f} GFLOP, {_fmt(u['tflops'], 3)} TFLOP/s = "
                 f"{_fmt(100 * u['share_of_peak'] if u.get('share_of_peak') else None, 3)} % of "
                 f"{_fmt(u['peak_bf16_tflops'])} TFLOP/s ({u['peak_source']}); measured bf16 GEMM "
                 f"{u['measured_bf16_gemm_tflops']:.1f} TFLOP/s ({100 * u['share_of_measured_gemm']:.1f} % of it)"]

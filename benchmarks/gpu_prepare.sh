@@ -8,10 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 # Versions pinned to this project's environment; the image already has torch, torchaudio, transformers, numpy,
-# einops, sympy, huggingface-hub, safetensors, pillow, regex, requests, pyyaml, tqdm, tensorboard, pluggy, pytest.
+# einops, sympy, huggingface-hub, safetensors, pillow, regex, requests, pyyaml, tqdm, tensorboard, pluggy, pytest
+# (typing_extensions and zipp come along anyway: pydantic and importlib_metadata need recent ones).
 WHEELS=(diffusers==0.42.1 importlib_metadata==10.2.0 vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict==2.5.1
         loguru==0.7.3 torch-einops-utils==0.2.0 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
-        typing-inspection==0.4.5 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 faiss-cpu==1.15.1)
+        typing-inspection==0.4.5 typing_extensions==4.16.0 zipp==4.1.2 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12
+        faiss-cpu==1.15.1)
 mkdir -p .whl
 PLATFORMS=()
 for n in 17 27 28 34 35 39; do PLATFORMS+=(--platform "manylinux_2_${n}_x86_64"); done
