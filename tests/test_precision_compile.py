@@ -120,8 +120,8 @@ def test_train_compile_switch_compiles_the_dac_blocks_of_xcodec(tmp_path):
 def test_compiled_t_unet_matches_eager():
     from codecfw.plugins.decoder.t_unet import TUNet2DConditionModel
 
-    kw = dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
-              num_head_channels=8, context_dim=12)
+    kw = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(2,),
+              num_head_channels=16, context_dim=12)
     torch.manual_seed(0)
     eager, compiled = TUNet2DConditionModel(**kw), TUNet2DConditionModel(**kw)
     compiled.load_state_dict(eager.state_dict())
