@@ -344,14 +344,15 @@ def precision_and_sync(path: Path, overrides: list[str], device: torch.device, w
         bf16, bf16_terms = step_loss(torch.bfloat16)
         codec.load_state_dict(state)
         rel = abs(bf16 - fp32) / max(abs(fp32), 1e-12)
-        # which logged term moved most (relative), to know where to look when the totals differ
-        terms = {k: abs(bf16_terms[k] - v) / max(abs(v), 1e-12) for k, v in fp32_terms.items()
-                 if k in bf16_terms and k.startswith("loss/")}
+        # the logged loss term that moved most (in absolute value: a term near zero has a meaningless relative
+        # change), to know where to look when the totals differ
+        terms = {k: abs(bf16_terms[k] - v) for k, v in fp32_terms.items() if k in bf16_terms and k.startswith("loss/")}
         worst = max(terms, key=terms.get) if terms else None
         out = {"fp32_loss": fp32, "bf16_loss": bf16, "rel_diff": rel, "rtol": LOSS_RTOL,
                "finite": math.isfinite(fp32) and math.isfinite(bf16),
                "equal_within_rtol": math.isfinite(rel) and rel <= LOSS_RTOL,
-               "largest_term_rel_diff": f"{worst} {terms[worst]:.2e}" if worst else None,
+               "most_moved_term": (f"{worst} {fp32_terms[worst]:.4g} -> {bf16_terms[worst]:.4g}" if worst
+                                         else None),
                "fp32_terms": fp32_terms, "bf16_terms": bf16_terms}
         out.update(count_syncs(trainer, batch, device))
     finally:
@@ -430,12 +431,13 @@ def section_train(args, cfg: dict, deadline: float, emit: Callable[[dict], None]
                 f"{entry['peak_gpu_mib'] or float('nan'):.0f} MiB, last loss {loss}")
             entry.update(precision_and_sync(path, overrides, device, work))
             log(f"[train] {name}: fp32 loss {entry['fp32_loss']:.6g}, bf16 {entry['bf16_loss']:.6g} "
-                f"(rel {entry['rel_diff']:.2e}; most moved term {entry['largest_term_rel_diff']}); syncs in a step: "
+                f"(rel {entry['rel_diff']:.2e}; most moved term {entry['most_moved_term']}); syncs in a step: "
                 f"{entry['sync_count']} ({entry['sync_sites']})")
             ok = entry["loss_finite"] and entry["finite"] and entry["equal_within_rtol"]
             entry["status"] = "ok" if ok else "failed"
             if not ok:
-                entry["error"] = "loss not finite or fp32/bf16 losses differ beyond rtol"
+                entry["error"] = ("a loss is not finite" if not (entry["loss_finite"] and entry["finite"]) else
+                                  f"bf16 loss differs from fp32 by {entry['rel_diff']:.3g} > rtol {LOSS_RTOL}")
         except Exception as exc:  # noqa: BLE001 - recorded, the next recipe runs
             entry["error"] = _error(exc)
             log(f"[train] {name}: ERROR {entry['error'].splitlines()[0]}")
@@ -941,10 +943,13 @@ def _train_table(r: dict) -> list[str]:
                    f"{_fmt(x.get('last_loss'))} | {_fmt(x.get('fp32_loss'), 6)} | {_fmt(x.get('bf16_loss'), 6)} | "
                    f"{_fmt(x.get('rel_diff'), 2)} | {_fmt(x.get('sync_count'))} | "
                    f"{note.splitlines()[0][:200] if note else ''} |")
+    moved = [f"{n}: {x['most_moved_term']}" for n, x in r.items() if x.get("most_moved_term")]
     sites = [f"{n}: {x['sync_sites']}" for n, x in r.items() if x.get("sync_count")]
     out += ["", f"Loss check: one step, same batch and weights, fp32 (TF32 off) vs bf16 autocast, rtol {LOSS_RTOL}. "
             "steps/s exclude the warm-up steps; peak GPU memory is torch.cuda.max_memory_allocated of the training "
             "process. Full-size recipes run with random frozen parts (escapes listed)."]
+    if moved:
+        out += ["", "Loss term that moved most, fp32 -> bf16: " + "; ".join(moved)]
     if sites:
         out += ["", "Synchronising calls in one step: " + "; ".join(sites)]
     return out
