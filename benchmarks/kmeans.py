@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codecfw.core.clustering.kmeans import KMeans, KMeansConfig, evaluate
+from codecfw.core.clustering.kmeans import KMeans, KMeansConfig, cluster_statistics
 from codecfw.core.clustering.feature_store import ArrayStore, FeatureStore, FeatureWriter
 
 
@@ -56,7 +56,7 @@ def make_data(rows: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
 
 def score(x: np.ndarray, centroids, device: str) -> tuple[float, int]:
     c = torch.as_tensor(np.asarray(centroids, dtype=np.float32)).to(device)
-    sizes, inertia = evaluate(ArrayStore(x), c)
+    sizes, inertia = cluster_statistics(ArrayStore(x), c)
     return inertia / len(x), int((sizes == 0).sum())
 
 
@@ -180,7 +180,7 @@ def compare(x: np.ndarray, args, skip: set[str], extra_runs: list | None = None,
         # codecfw's fit() ends with a scoring pass over the data (sizes, dead centroids, final inertia) that the
         # others do not run; time one such pass and subtract it so the wall times compare the same work.
         t = time.perf_counter()
-        evaluate(store, torch.zeros(args.clusters, args.dim).to(args.device))
+        cluster_statistics(store, torch.zeros(args.clusters, args.dim).to(args.device))
         scoring_pass = time.perf_counter() - t
         for name, fn in runs:
             out = fn()

@@ -18,7 +18,6 @@ and is read with ``torch.load(weights_only=True)``; weights are safetensors.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -28,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_folder, write_json
+
 FORMAT = "codecfw-checkpoint"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -35,30 +36,6 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_weights(tensors_or_module: nn.Module | dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None
@@ -104,32 +81,34 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, nn.Module
 
     weights : ``{"model": codec, "ema": {...}, "discriminator": module}`` → ``<key>.safetensors``.
     """
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for key, value in weights.items():
-        save_weights(value, tmp / f"{key}.safetensors", metadata={"format": FORMAT, "step": str(step)})
-    torch.save(state, tmp / "state.pt")
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "saved_at": time.time(),
-            "files": sorted(f"{k}.safetensors" for k in weights) + ["state.pt"], **meta}
-    with open(tmp / "meta.json", "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True, default=str)
-    for p in tmp.iterdir():
-        _fsync(p)
-    _fsync(tmp)
-    if final.exists():  # the same step saved twice (e.g. best, then periodic): swap, then drop the old copy
-        old = root / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    _fsync(root)
+    final = Path(run_dir) / "checkpoints" / checkpoint_name(step)
+    # the same step may be saved twice (e.g. best, then periodic): atomic_folder swaps the old copy out
+    with atomic_folder(final) as tmp:
+        for key, value in weights.items():
+            save_weights(value, tmp / f"{key}.safetensors", metadata={"format": FORMAT, "step": str(step)})
+        torch.save(state, tmp / "state.pt")
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "saved_at": time.time(),
+                "files": sorted(f"{k}.safetensors" for k in weights) + ["state.pt"], **meta}
+        _write_meta(tmp, meta)
     return final
+
+
+def _write_meta(folder: Path, meta: dict[str, Any]) -> None:
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+
+def save_codec_folder(folder: str | Path, state_dict: dict[str, Tensor], recipe: Any, registry: Any,
+                      **meta: Any) -> Path:
+    """Write a codec that was not trained here (a converted checkpoint) as a checkpoint folder loadable with
+    ``codecfw.load``: ``model.safetensors`` + ``meta.json`` (step 0, the validated ``recipe``, its hash, the plugin
+    versions of ``registry``, and ``meta``), atomically."""
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        save_weights(state_dict, tmp / "model.safetensors", metadata={"format": FORMAT})
+        _write_meta(tmp, {"format": FORMAT, "format_version": FORMAT_VERSION, "step": 0,
+                          "recipe": recipe.model_dump(mode="json"), "config_hash": recipe.config_hash(),
+                          "plugins": {p.name: p.version for p in registry.plugins.values()}, **meta})
+    return folder
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -165,8 +144,9 @@ def read_best(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def mark_best(run_dir: str | Path, checkpoint: Path, valid_loss: float) -> None:
-    write_json_atomic(Path(run_dir) / "checkpoints" / "best.json",
-                      {"checkpoint": checkpoint.name, "valid_loss": valid_loss, "step": read_meta(checkpoint)["step"]})
+    write_json(Path(run_dir) / "checkpoints" / "best.json",
+               {"checkpoint": checkpoint.name, "valid_loss": valid_loss, "step": read_meta(checkpoint)["step"]},
+               sort_keys=True, default=str)
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:

@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError
 from torch import Tensor
 
 from .config import PluginConfig, format_validation_errors
+from .data.audio import resample  # noqa: F401 - metric plugins resample through here, with the RESAMPLER settings
 from .registry import Registry, get_registry
 
 #: How every metric and the runner resample (torchaudio's defaults, stated so results can be reproduced).
@@ -142,16 +143,6 @@ class Metric:
 # ------------------------------------------------------------------------------------------------------------
 # Audio helpers shared by the metrics and the runner.
 # ------------------------------------------------------------------------------------------------------------
-
-
-def resample(wav: Tensor, orig_sr: int, new_sr: int) -> Tensor:
-    """wav : Tensor[..., N] → Tensor[..., N'], with the pinned :data:`RESAMPLER` settings."""
-    if orig_sr == new_sr:
-        return wav
-    import torchaudio.functional as AF
-
-    return AF.resample(wav, int(orig_sr), int(new_sr), lowpass_filter_width=RESAMPLER["lowpass_filter_width"],
-                       rolloff=RESAMPLER["rolloff"], resampling_method=RESAMPLER["resampling_method"])
 
 
 def align(estimate: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:

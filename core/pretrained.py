@@ -25,7 +25,6 @@ codecfw's own names (SemantiCodec, X-Codec) are registered by :mod:`codecfw.plug
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,22 +195,9 @@ def load_pretrained(name: str, registry=None, cache_dir: str | os.PathLike | Non
 
 def save_converted(folder: Path, spec: PretrainedSpec, converted: Converted, registry) -> Path:
     """Write a converted codec as a checkpoint folder (``model.safetensors`` + ``meta.json``), atomically."""
-    import shutil
-
-    from .checkpoint import FORMAT, FORMAT_VERSION, save_weights
+    from .checkpoint import save_codec_folder
     from .config import validate_recipe
 
     recipe = validate_recipe(converted.recipe, registry, source=f"pretrained {spec.kind}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_weights(converted.state_dict, tmp / "model.safetensors", metadata={"format": FORMAT})
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": 0, "recipe": recipe.model_dump(mode="json"),
-            "config_hash": recipe.config_hash(), "pretrained": spec.model_dump(mode="json"),
-            "plugins": {p.name: p.version for p in registry.plugins.values()}, **converted.metadata}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return folder
+    return save_codec_folder(folder, converted.state_dict, recipe, registry, pretrained=spec.model_dump(mode="json"),
+                             **converted.metadata)

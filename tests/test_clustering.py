@@ -10,8 +10,9 @@ import pytest
 import torch
 import yaml
 
-from codecfw.core.clustering.kmeans import (KMeans, KMeansConfig, evaluate, load_centroids, nearest_centroid,
-                                     size_histogram, split_codebook_size)
+from codecfw.core.clustering.codebook import load_centroids
+from codecfw.core.clustering.kmeans import (KMeans, KMeansConfig, cluster_statistics, nearest_centroid,
+                                            size_histogram, split_codebook_size)
 from codecfw.core.clustering.feature_store import ArrayStore, FeatureStore, FeatureWriter
 
 
@@ -281,7 +282,7 @@ def test_cli_per_domain_end_to_end(tmp_path, toy_cli):
         # Each domain block was learned on that domain's features only: its rows are its own k-means result.
         speech = FeatureStore(out / "work" / "features" / "speech" / "rank000")
         assert len(speech) == 300
-        sizes, _ = evaluate(speech, centroids[: split[0]])
+        sizes, _ = cluster_statistics(speech, centroids[: split[0]])
         assert int(sizes.sum()) == 300
     # A second run without --resume refuses to clobber the work dir; with --resume it reuses everything.
     assert main(argv) == 2

@@ -21,25 +21,20 @@ directories (one per rank of a distributed extraction); rows are numbered across
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from ..atomic import atomic_path, write_json
 
 FORMAT = "codecfw.features"
 VERSION = 1
 _DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+def _write_index(path: Path, index: dict[str, Any]) -> None:
+    write_json(path, index, newline=True)
 
 
 class FeatureWriter:
@@ -72,7 +67,7 @@ class FeatureWriter:
             self.index = old
             self.index["complete"] = False
         else:  # a fresh index first, so that a crash never leaves one listing deleted shards
-            atomic_write_json(index_path, self.index)
+            _write_index(index_path, self.index)
             for stale in self.directory.glob("shard_*.npy"):
                 stale.unlink()
         self._pending: list[np.ndarray] = []
@@ -104,20 +99,18 @@ class FeatureWriter:
         if self._pending_rows:
             name = f"shard_{len(self.index['shards']):06d}.npy"
             block = np.ascontiguousarray(np.concatenate(self._pending))
-            tmp = self.directory / f".{name}.tmp{os.getpid()}"
-            with open(tmp, "wb") as fh:
+            with atomic_path(self.directory / name) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, block)
-            os.replace(tmp, self.directory / name)
             self.index["shards"].append({"file": name, "rows": int(len(block))})
         self.index["sources_done"] += self._pending_sources
         self._pending, self._pending_rows, self._pending_sources = [], 0, 0
-        atomic_write_json(self.directory / "index.json", self.index)
+        _write_index(self.directory / "index.json", self.index)
 
     def close(self) -> None:
         """Flush and mark the store complete."""
         self.flush()
         self.index["complete"] = True
-        atomic_write_json(self.directory / "index.json", self.index)
+        _write_index(self.directory / "index.json", self.index)
 
 
 def read_index(path: Path) -> dict[str, Any]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_path
 from .feature_store import ArrayStore, FeatureStore
 
 STATE_FORMAT = "codecfw.kmeans-state"
@@ -326,7 +326,7 @@ class KMeans:
             if bar is not None:
                 bar.close()
         self._save_state(state_path, state, fingerprint, comm)
-        sizes, inertia = evaluate(store, state["centroids"], cfg.chunk_rows, cfg.block_bytes, comm)
+        sizes, inertia = cluster_statistics(store, state["centroids"], cfg.chunk_rows, cfg.block_bytes, comm)
         return KMeansResult(centroids=state["centroids"].float().cpu(), inertia=inertia, rows=n, cluster_sizes=sizes,
                             inertia_history=list(state["history"]), repaired=list(state["repaired"]),
                             iterations=state["iteration"], converged=state["converged"],
@@ -456,10 +456,9 @@ class KMeans:
                 "iteration": str(state["iteration"]), "converged": json.dumps(state["converged"]),
                 "history": json.dumps(state["history"]), "repaired": json.dumps(state["repaired"]),
                 "rng": json.dumps(state["rng"]), "config": json.dumps(asdict(self.config))}
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        save_file({"centroids": state["centroids"].float().cpu().contiguous(),
-                   "counts": state["counts"].double().cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"centroids": state["centroids"].float().cpu().contiguous(),
+                       "counts": state["counts"].double().cpu().contiguous()}, str(tmp), metadata=meta)
 
     def _load_state(self, path, fingerprint: dict) -> dict | None:
         path = Path(path)
@@ -483,7 +482,7 @@ class KMeans:
                     "counts": fh.get_tensor("counts").to(self.device)}
 
 
-def evaluate(data, centroids: Tensor, chunk_rows: int = 65536, block_bytes: int = 1 << 28,
+def cluster_statistics(data, centroids: Tensor, chunk_rows: int = 65536, block_bytes: int = 1 << 28,
              comm: _Comm | None = None) -> tuple[Tensor, float]:
     """One pass over ``data``: (cluster sizes LongTensor[K] on CPU, inertia = sum of squared distances)."""
     comm = comm or _Comm()
@@ -509,27 +508,6 @@ def _progress(enabled: bool, total: int, initial: int, desc: str, unit: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
-
-
-def load_centroids(path: str | Path, key: str = "centroids") -> Tensor:
-    """A codebook ``Tensor[K x D]`` (float32) from ``codecfw cluster`` output (``.safetensors``, tensor ``key``)
-    or from an official SemantiCodec ``codebook_*.npy`` (float32 ``[K x D]``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"codebook {path} not found")
-    if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
-    else:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as fh:
-            if key not in fh.keys():
-                raise KeyError(f"{path}: no tensor {key!r}; it has {', '.join(fh.keys()) or 'none'}")
-            tensor = fh.get_tensor(key)
-    if tensor.ndim != 2 or not tensor.is_floating_point():
-        raise ValueError(f"{path}: expected a float [K x D] codebook, got {tensor.dtype} {list(tensor.shape)}")
-    return tensor.float()
 
 
 def split_codebook_size(total: int, proportions: dict[str, float]) -> dict[str, int]:

@@ -25,7 +25,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, many: bool = False) ->
 def recipe_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """(recipes, overrides) from arguments declared by :func:`add_recipe_arguments`."""
     if hasattr(args, "recipes"):
-        recipes, overrides = split_overrides(args.recipes)
+        recipes, overrides = separate_overrides(args.recipes)
     else:
         recipes, overrides = [args.recipe], list(args.overrides)
         bad = [o for o in overrides if "=" not in o]
@@ -34,7 +34,7 @@ def recipe_arguments(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return recipes, overrides + list(args.override_options)
 
 
-def split_overrides(values: list[str]) -> tuple[list[str], list[str]]:
+def separate_overrides(values: list[str]) -> tuple[list[str], list[str]]:
     """Split positional arguments into recipes and ``key=value`` overrides."""
     recipes = [v for v in values if "=" not in v]
     overrides = [v for v in values if "=" in v]

@@ -17,7 +17,6 @@ See docs/clustering.md.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -180,10 +179,11 @@ def _hash(obj) -> str:
 def run(args) -> int:
     import torch
 
-    from ..clustering.kmeans import KMeans, KMeansConfig, evaluate, size_histogram, split_codebook_size
+    from ..clustering.kmeans import KMeans, KMeansConfig, cluster_statistics, size_histogram, split_codebook_size
     from ..config import RecipeError, load_recipe
     from ..data.dataset import NoUsableAudioError
-    from ..clustering.feature_store import FeatureStore, atomic_write_json
+    from ..clustering.codebook import write_codebook
+    from ..clustering.feature_store import FeatureStore
     from ..registry import get_registry
     from ..types import BuildContext
 
@@ -307,7 +307,7 @@ def run(args) -> int:
         if len(plan) > 1:
             merged = {"sizes": torch.zeros(size, dtype=torch.long), "inertia": 0.0, "own_share": {}}
             for dom in domains:
-                s, inertia = evaluate(stores[dom["name"]], centroids.to(device), args.chunk_rows)
+                s, inertia = cluster_statistics(stores[dom["name"]], centroids.to(device), args.chunk_rows)
                 merged["sizes"] += s
                 merged["inertia"] += inertia
                 a, b = dom["index_range"]
@@ -321,50 +321,18 @@ def run(args) -> int:
             merged = {k: domains[0][k] for k in ("rows", "inertia", "inertia_per_row", "dead_centroids",
                                                  "cluster_size_histogram")}
         if rank == 0:
-            _save(out, size, centroids, domains, merged, source, settings, world, atomic_write_json)
+            write_codebook(out, centroids, source["frame_rate"], {
+                "proportions_rule": "largest remainder (floor of size*w/sum(w); leftovers to the largest fractions, "
+                                    "ties to the domain listed first)",
+                "domains": domains, "merged": merged, "feature_source": source,
+                "kmeans": {**settings, "world_size": world}},
+                {"frontend": source["frontend"], "frontend_config_hash": source["frontend_config_hash"]})
             log(f"wrote {out / f'kmeans_{size}.safetensors'} [{size} x {dim}]")
     if args.clean and rank == 0:
         shutil.rmtree(work, ignore_errors=True)
     if world > 1:
         dist.barrier()
     return 0
-
-
-def _save(out: Path, size: int, centroids, domains, merged, source, settings, world, write_json) -> None:
-    import numpy as np
-    from safetensors.torch import save_file
-
-    from ... import __version__
-
-    combine = int(round(source["frame_rate"] * 10.24))
-    npy = (Path("codebook_idx") / f"combine_{combine}_audioset_dominate" / f"codebook_{size // 2}_0.npy"
-           if size % 2 == 0 else None)
-    meta = {"format": "codecfw.kmeans", "version": 1, "size": size, "dim": int(centroids.shape[1]),
-            "centroids": {"file": f"kmeans_{size}.safetensors", "tensor": "centroids", "dtype": "float32",
-                          "shape": list(centroids.shape)},
-            "interchange_npy": str(npy) if npy else None,
-            "proportions_rule": "largest remainder (floor of size*w/sum(w); leftovers to the largest fractions, "
-                                "ties to the domain listed first)",
-            "domains": domains, "merged": merged, "feature_source": source,
-            "kmeans": {**settings, "world_size": world},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "codecfw_version": __version__}
-    path = out / f"kmeans_{size}.safetensors"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    summary = {k: meta[k] for k in ("format", "version", "size", "dim")}
-    summary["domains"] = [{k: d[k] for k in ("name", "size", "index_range")} for d in domains]
-    save_file({"centroids": centroids.float().contiguous()}, str(tmp),
-              metadata={"codecfw": json.dumps(summary), "frontend": source["frontend"],
-                        "frontend_config_hash": source["frontend_config_hash"]})
-    os.replace(tmp, path)
-    if npy is not None:
-        target = out / npy
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.save(fh, centroids.float().numpy())
-        os.replace(tmp, target)
-    write_json(out / f"kmeans_{size}.json", meta)
 
 
 def register(sub) -> None:

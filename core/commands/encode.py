@@ -15,14 +15,15 @@ from ._io import (Report, UsageError, add_codec_arguments, assign_targets, descr
 
 
 def run(args) -> int:
-    from ..data.stream import AUDIO_SUFFIXES, MIXDOWNS, AudioError, AudioSource, audio_info
+    from ..data.audio import AUDIO_EXTENSIONS, MIXDOWNS, AudioError, audio_info
+    from ..data.stream import AudioSource
     from ..tokenizer.tokens import SUFFIX
 
     if args.mixdown not in MIXDOWNS:  # argparse choices already checks; kept for programmatic calls
         print(f"error: --mixdown must be one of {', '.join(MIXDOWNS)}", file=sys.stderr)
         return 2
     report = Report("encoded")
-    jobs = assign_targets(expand_inputs(args.inputs, AUDIO_SUFFIXES, report), args.output, SUFFIX, (SUFFIX,), report)
+    jobs = assign_targets(expand_inputs(args.inputs, AUDIO_EXTENSIONS, report), args.output, SUFFIX, (SUFFIX,), report)
     try:
         tok = open_tokenizer(args)
     except UsageError as exc:

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +39,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .audio import AudioReadError, Mixdown, _read_frames, probe_audio_file, read_audio, resample, write_audio
+from ..atomic import write_json
+from .audio import AUDIO_EXTENSIONS, AudioError, AudioReadError, Mixdown, probe_audio_file, read_audio, read_frames, resample, write_audio
 
-__all__ = ["AUDIO_EXTENSIONS", "DOMAINS", "AudioDataset", "AudioEntry", "AudioReadError", "AudioSampler",
+__all__ = ["AUDIO_EXTENSIONS", "DOMAINS", "AudioDataset", "AudioEntry", "AudioError", "AudioReadError", "AudioSampler",
            "ManifestError", "NoUsableAudioError", "ScanReport", "build_dataloader", "build_dataset", "collate_audio",
            "list_audio_files", "load_entries", "probe_audio_file", "read_audio", "read_manifest", "resample",
            "scan_audio", "write_audio"]  # read_audio/write_audio/resample live in codecfw.core.data.audio
 
 logger = logging.getLogger("codecfw.data")
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 DOMAINS = ("speech", "music", "sound")
 SKIP_REASONS = ("missing", "unreadable", "empty", "silent", "non-finite")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +241,7 @@ def scan_audio(entries: Sequence[AudioEntry], *, silence_threshold: float = 1e-4
         if cache:
             files = dict(stored)
             files.update({k[0]: {"size": k[1], "mtime_ns": k[2], "probe": _SCAN_MEMO[k]} for k in keys})
-            _atomic_write_json(cache, {"version": 1, "files": files})
+            write_json(cache, {"version": 1, "files": files}, indent=None)
     usable, skipped = [], {}
     for entry, key in zip(entries, keys):
         probe = _SCAN_MEMO[key]
@@ -262,15 +261,6 @@ def scan_audio(entries: Sequence[AudioEntry], *, silence_threshold: float = 1e-4
         raise NoUsableAudioError(f"{source}: no usable audio file among {len(entries)} listed "
                                  f"(skipped {counts}; {examples})")
     return ScanReport(usable, skipped)
-
-
-def _atomic_write_json(path: str, data: Any) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, target)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,8 +361,8 @@ class AudioDataset(Dataset):
                 self._cache[index] = read_audio(entry.path, self.sample_rate, mixdown=self.mixdown)
             out = self._cache[index][:, start:start + length]
         elif entry.sample_rate == self.sample_rate:
-            mono, _ = _read_frames(entry.path, start, length, self.mixdown)
-            out = torch.from_numpy(np.ascontiguousarray(mono))[None]
+            mono, _ = read_frames(entry.path, start, length, self.mixdown)
+            out = mono[None]
         else:
             sr, target = entry.sample_rate, self.sample_rate
             g = math.gcd(sr, target)
@@ -383,8 +373,8 @@ class AudioDataset(Dataset):
             block0 = max(0, start // up - margin)  # before the file start torchaudio zero-pads, and so do we
             offset = start - block0 * up
             blocks = math.ceil((offset + length) / up) + margin
-            mono, _ = _read_frames(entry.path, block0 * down, blocks * down, self.mixdown)
-            wav = resample(torch.from_numpy(np.ascontiguousarray(mono))[None], sr, target)
+            mono, _ = read_frames(entry.path, block0 * down, blocks * down, self.mixdown)
+            wav = resample(mono[None], sr, target)
             out = wav[:, offset:offset + length]
         if out.shape[-1] < length:
             out = torch.nn.functional.pad(out, (0, length - out.shape[-1]))

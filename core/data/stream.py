@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..tokenizer.tokens import atomic_output
-
-Mixdown = Literal["mean", "first", "error"]
-MIXDOWNS = ("mean", "first", "error")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au")
-
-
-class AudioError(ValueError):
-    """An input recording cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike | None, reason: str) -> None:
-        self.path = str(path) if path is not None else "<waveform>"
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+from ..atomic import atomic_path
+from .audio import MIXDOWNS, AudioError, Mixdown, audio_info, short_error, to_mono
 
 
 class StreamingResampler:
@@ -90,58 +77,6 @@ class StreamingResampler:
         return out[:max(remaining, 0)]
 
 
-def resample(waveform: Tensor, orig_freq: int, new_freq: int) -> Tensor:
-    """Whole-signal resampling over the last axis with the same kernel as :class:`StreamingResampler`."""
-    if orig_freq == new_freq:
-        return waveform
-    import torchaudio
-
-    return torchaudio.functional.resample(waveform, int(orig_freq), int(new_freq))
-
-
-def to_mono(frames: Tensor, mixdown: Mixdown, path: str | os.PathLike | None = None) -> Tensor:
-    """frames : Tensor[C x N] → Tensor[N]. ``mean`` averages channels, ``first`` keeps channel 0 (SemantiCodec's
-    reference), ``error`` refuses anything but mono."""
-    if frames.shape[0] == 1:
-        return frames[0]
-    if mixdown == "mean":
-        return frames.mean(0)
-    if mixdown == "first":
-        return frames[0]
-    if mixdown == "error":
-        raise AudioError(path, f"has {frames.shape[0]} channels but mono input is required (mixdown='error'); use "
-                               f"mixdown 'mean' (average) or 'first' (channel 0)")
-    raise ValueError(f"mixdown must be one of {', '.join(MIXDOWNS)}, got {mixdown!r}")
-
-
-@dataclass
-class AudioInfo:
-    path: str
-    sample_rate: int
-    channels: int
-    frames: int
-
-    @property
-    def duration(self) -> float:
-        return self.frames / self.sample_rate if self.sample_rate else 0.0
-
-
-def audio_info(path: str | os.PathLike) -> AudioInfo:
-    """Header facts of an audio file; unreadable or empty files raise :class:`AudioError`."""
-    import soundfile as sf
-
-    path = str(path)
-    if not os.path.exists(path):
-        raise AudioError(path, "no such file")
-    try:
-        info = sf.info(path)
-    except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError: all mean unreadable
-        raise AudioError(path, f"cannot read audio ({_short(exc)})") from None
-    if info.frames <= 0:
-        raise AudioError(path, "empty audio (0 samples)")
-    return AudioInfo(path, int(info.samplerate), int(info.channels), int(info.frames))
-
-
 class AudioSource:
     """A file read as mono float32 blocks at ``target_rate``.
 
@@ -195,7 +130,7 @@ class AudioSource:
         except AudioError:
             raise
         except Exception as exc:
-            raise AudioError(self.path, f"cannot read audio after {seen} frames ({_short(exc)})") from None
+            raise AudioError(self.path, f"cannot read audio after {seen} frames ({short_error(exc)})") from None
         if seen == 0:
             raise AudioError(self.path, "empty audio (0 samples)")
         tail = resampler.flush()
@@ -230,14 +165,14 @@ class AudioSink:
     def __enter__(self) -> "AudioSink":
         import soundfile as sf
 
-        self._atomic = atomic_output(self.path)
+        self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         try:
             self._fh = sf.SoundFile(tmp, "w", samplerate=self.output_rate, channels=1, format=self.format,
                                     subtype=self.subtype)
         except Exception as exc:
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
-            raise ValueError(f"{self.path}: cannot write {self.format}/{self.subtype}: {_short(exc)}") from None
+            raise ValueError(f"{self.path}: cannot write {self.format}/{self.subtype}: {short_error(exc)}") from None
         return self
 
     def write(self, block: Tensor | np.ndarray) -> None:
@@ -257,8 +192,3 @@ class AudioSink:
         finally:
             self._fh.close()
         return bool(self._atomic.__exit__(exc_type, exc, tb))
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1] if text else type(exc).__name__

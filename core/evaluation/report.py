@@ -11,13 +11,14 @@ import io
 import json
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from ..atomic import atomic_path, write_text
 
 logger = logging.getLogger("codecfw.eval")
 
@@ -28,19 +29,6 @@ LEADING = ("bitrate_kbps", "token_rate")
 # ------------------------------------------------------------------------------------------------------------
 # Atomic writers
 # ------------------------------------------------------------------------------------------------------------
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def clean(obj: Any) -> Any:
@@ -144,10 +132,8 @@ def _pyplot():
 
 
 def _savefig(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 

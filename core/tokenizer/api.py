@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.stream import AudioSink, AudioSource, Mixdown, resample, to_mono
+from ..data.audio import Mixdown, resample, to_mono
+from ..data.stream import AudioSink, AudioSource
 from .chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy
 from ..codec import Codec, build_codec
 from ..config import RecipeBase, validate_recipe

@@ -20,18 +20,17 @@ by another codec (config hash or stream layout differ). Files are written atomic
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..types import TokenStream
 
 MAGIC = b"\x89CFWTOK\n"
@@ -89,27 +88,6 @@ def unpack_tokens(data: bytes | memoryview, bits: int, length: int) -> np.ndarra
         wide[:, :bits] = bitplane
         out[start:start + n] = np.packbits(wide, axis=1, bitorder="little").view("<u8").reshape(-1)
     return out
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically, on error it vanishes.
-
-    The temporary name keeps ``path``'s suffix so writers that pick a format from the extension (soundfile) work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
 
 
 @dataclass
@@ -210,7 +188,7 @@ class TokenFile:
         """Write atomically; returns the path."""
         path = Path(path)
         data = self.to_bytes()
-        with atomic_output(path) as tmp:
+        with atomic_path(path) as tmp:
             tmp.write_bytes(data)
         return path
 
@@ -328,7 +306,7 @@ def export_tokens(tf: TokenFile, path: str | os.PathLike, fmt: str | None = None
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"{path}: export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
-    with atomic_output(path) as tmp:
+    with atomic_path(path) as tmp:
         if fmt == "npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, token_matrix(tf, layout))

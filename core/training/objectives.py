@@ -286,7 +286,7 @@ def log_mel_l1(y_hat: Tensor, y: Tensor, sample_rate: int, n_fft: int = 1024, ho
 
 
 @torch.no_grad()
-def evaluate(objective: Objective, codec: nn.Module, loader, device: torch.device, sample_rate: int,
+def validate(objective: Objective, codec: nn.Module, loader, device: torch.device, sample_rate: int,
              num_clips: int = 4, max_batches: int | None = None, amp_dtype: torch.dtype | None = None
              ) -> tuple[dict[str, float], list[tuple[str, Tensor, Tensor]]]:
     """Validation over ``loader``: the objective's validation losses (item-weighted means, ``valid/loss`` is the

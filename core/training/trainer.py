@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,15 +32,16 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from .. import atomic
 from .. import checkpoint as ckpt
 from ..codec import Codec, build_codec
 from ..config import RecipeBase
+from ..registry import Registry, get_registry
+from ..types import BuildContext
 from .distributed import (DistributedContext, all_reduce_mean, all_true, barrier, broadcast_buffers, gather_objects,
                           init_distributed, rng_state, seed_everything, set_rng_state, wrap_ddp)
 from .ema import WeightEMA
-from .objectives import DiscriminatorSet, Objective, build_objective, evaluate
-from ..registry import Registry, get_registry
-from ..types import BuildContext
+from .objectives import DiscriminatorSet, Objective, build_objective, validate
 
 log = logging.getLogger("codecfw.train")
 
@@ -362,9 +362,7 @@ class Trainer:
             return
         kept = [line for line in path.read_text().splitlines() if line.strip()
                 and json.loads(line).get("step", 0) <= step]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        atomic.write_text(path, "".join(line + "\n" for line in kept))
 
     # ------------------------------------------------------------------------------------------------------------
     # validation
@@ -399,7 +397,7 @@ class Trainer:
         try:
             with torch.random.fork_rng(devices=devices), swap:
                 torch.manual_seed(self.cfg.seed)  # the same noise at every validation: comparable losses
-                results, clips = evaluate(self.objective, codec, self.valid_loader, self.device,
+                results, clips = validate(self.objective, codec, self.valid_loader, self.device,
                                           self.recipe.sample_rate, self.recipe.data.valid_clips,
                                           self.cfg.valid_batches, self.amp_dtype)
         finally:
@@ -478,9 +476,7 @@ class Trainer:
         text = yaml.safe_dump(self.recipe.model_dump(mode="json"), sort_keys=False)
         if path.is_file() and path.read_text() != text:
             log.warning("%s holds another recipe than this run's; it is replaced (checkpoints keep theirs)", path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic.write_text(path, text)
 
     # ------------------------------------------------------------------------------------------------------------
     # end of run
@@ -503,7 +499,7 @@ class Trainer:
             if hasattr(dataset, "summary"):
                 summary[split] = dataset.summary()
         if self.dist.is_main:
-            ckpt.write_json_atomic(self.run_dir / "summary.json", summary)
+            atomic.write_json(self.run_dir / "summary.json", summary, sort_keys=True, default=str)
             if self.writer is not None:
                 self.writer.close()
         return summary

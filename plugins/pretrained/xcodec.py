@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -433,31 +432,13 @@ def check_fits(converted, registry=None) -> None:
 
 def save_converted_checkpoint(dst: str | Path, converted, registry=None) -> Path:
     """Write ``converted`` as a codecfw checkpoint folder (``model.safetensors`` + ``meta.json``), atomically."""
-    import shutil
-
-    from codecfw.core.checkpoint import FORMAT, FORMAT_VERSION, save_weights, write_json_atomic
+    from codecfw.core.checkpoint import save_codec_folder
     from codecfw.core.config import validate_recipe
     from codecfw.core.registry import get_registry
 
     registry = registry or get_registry()
     recipe = validate_recipe(converted.recipe, registry, "converted recipe")
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".tmp-{dst.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        save_weights(converted.state_dict, tmp / "model.safetensors", metadata={"format": FORMAT})
-        write_json_atomic(tmp / "meta.json", {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "step": 0, "recipe": recipe.model_dump(mode="json"),
-            "config_hash": recipe.config_hash(), "plugins": {p.name: p.version for p in registry.plugins.values()},
-            **converted.metadata})
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dst
+    return save_codec_folder(dst, converted.state_dict, recipe, registry, **converted.metadata)
 
 
 def convert_xcodec(src: str | Path, dst: str | Path, *, verify: bool = True, registry=None, **options: Any) -> Path:

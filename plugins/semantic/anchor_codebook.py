@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from codecfw.core.clustering.codebook import read_codebook
+
 
 def import_faiss_index(path: str | Path) -> dict[str, Tensor]:
     """Read a faiss ``IndexPreTransform(OPQ/linear) → IVF`` index and return its frozen codebook.
@@ -54,26 +56,12 @@ def import_faiss_index(path: str | Path) -> dict[str, Tensor]:
 
 
 def load_codebook_file(path: str | Path) -> dict[str, Tensor]:
-    """Load ``centroids`` (and optional ``rotation``) from .safetensors, .npy or a faiss .index file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"codebook file {path} not found (expected .safetensors from `codecfw cluster`, "
-                                f".npy [K x D], or a faiss .index)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path))
-        if "centroids" not in tensors:
-            raise KeyError(f"{path}: no tensor named 'centroids' (found: {', '.join(tensors) or 'none'})")
-        return {k: v.float() for k, v in tensors.items() if k in {"centroids", "rotation", "rotation_bias"}}
-    if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-        if array.ndim != 2:
-            raise ValueError(f"{path}: expected a [K x D] centroid array, got shape {array.shape}")
-        return {"centroids": torch.from_numpy(array.astype("float32"))}
-    if path.suffix == ".index":
+    """``centroids`` (and the optional ``rotation``/``rotation_bias``) from a codebook file (``.safetensors`` of
+    ``codecfw cluster``, ``.npy`` [K x D]; see :func:`codecfw.core.clustering.codebook.read_codebook`) or a faiss
+    ``.index``."""
+    if Path(path).suffix == ".index":
         return import_faiss_index(path)
-    raise ValueError(f"{path}: unknown codebook format {path.suffix!r}; expected .safetensors, .npy or .index")
+    return read_codebook(path, extra=("rotation", "rotation_bias"))
 
 
 class AnchorCodebook(nn.Module):

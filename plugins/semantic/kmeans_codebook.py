@@ -15,50 +15,10 @@ Centroid files:
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
-
-def load_centroids(path: str | Path) -> Tensor:
-    """Read a centroid table ``Tensor[V x F]`` (float32) from a ``.npy`` or ``.safetensors`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"centroid file {path} does not exist (expected an official codebook_<N>_0.npy "
-                                f"or a codecfw clustering output .safetensors with a 'centroids' tensor)")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        import numpy as np
-
-        try:
-            array = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a plain numeric .npy array ({exc})") from None
-        table = torch.from_numpy(np.ascontiguousarray(array))
-    elif suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            if "centroids" not in keys:
-                raise KeyError(f"{path}: no 'centroids' tensor; found {', '.join(keys) or 'no tensors'}")
-            table = f.get_tensor("centroids")
-        sidecar = path.with_suffix(".json")
-        if sidecar.is_file():
-            meta = json.loads(sidecar.read_text())
-            for key, axis in (("size", 0), ("num_clusters", 0), ("dim", 1)):
-                if key in meta and int(meta[key]) != table.shape[axis]:
-                    raise ValueError(f"{path}: 'centroids' has shape {tuple(table.shape)} but {sidecar.name} says "
-                                     f"{key}={meta[key]}")
-    else:
-        raise ValueError(f"{path}: unsupported centroid file type {suffix!r}; expected .npy or .safetensors")
-    if table.ndim != 2:
-        raise ValueError(f"{path}: centroid table must be 2-D [num_centroids x dim], got shape {tuple(table.shape)}")
-    if not table.is_floating_point():
-        raise ValueError(f"{path}: centroid table must be floating point, got {table.dtype}")
-    return table.float()
+from codecfw.core.clustering.codebook import load_centroids
 
 
 class KMeansCodebooks(nn.Module):
