@@ -18,16 +18,22 @@ and is read with ``torch.load(weights_only=True)``; weights are safetensors.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from .atomic import atomic_folder, write_json
+
+if TYPE_CHECKING:
+    from .codec import Codec
+    from .config import RecipeBase
+    from .registry import Registry
 
 FORMAT = "codecfw-checkpoint"
 FORMAT_VERSION = 1
@@ -171,6 +177,32 @@ def read_meta(checkpoint: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_state_dict(path: str | Path, allow_wrapper: tuple[str, ...] = ("state_dict",)) -> dict[str, Tensor]:
+    """A flat state dict from a foreign ``torch.save`` file such as an official ``.ckpt`` (``weights_only=True``,
+    memory-mapped when possible); a dict wrapping it under one of ``allow_wrapper`` is unwrapped."""
+    import pickle
+
+    path = Path(path)
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) serialization
+    except pickle.UnpicklingError as exc:
+        raise pickle.UnpicklingError(
+            f"{path}: holds objects other than tensors, which codecfw does not unpickle (weights_only=True): "
+            f"{str(exc).splitlines()[0]}. On a machine you trust, save its state dict with safetensors.") from None
+    for key in allow_wrapper:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path}: expected a flat state dict of tensors (the official checkpoint layout)")
+    return state
+
+
 def load_state(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The training state; ``weights_only=True``: nothing in it can run code."""
     return torch.load(Path(checkpoint) / "state.pt", map_location=map_location, weights_only=True)
@@ -216,3 +248,78 @@ def load_codec_weights(codec: nn.Module, path: str | Path, prefer_ema: bool = Tr
                 if name in params:
                     params[name].copy_(value)
     return model_file
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading a codec (codecfw.load, codecfw eval, pretrained names)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder cannot be loaded; the message names the file and the problem."""
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint folder (``model.safetensors`` + ``meta.json``), a run directory (its best, else latest
+    checkpoint) or a file inside a checkpoint folder → the checkpoint folder."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    try:
+        return resolve_run_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    """``meta.json`` (core.checkpoint's format), or ``config.json`` for folders written by hand."""
+    for name in ("meta.json", "config.json"):
+        file = folder / name
+        if file.is_file():
+            try:
+                meta = json.loads(file.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"{file}: not readable JSON ({exc})") from None
+            if not isinstance(meta, dict) or not isinstance(meta.get("recipe"), dict):
+                raise CheckpointError(f"{file}: no resolved recipe under the key 'recipe'")
+            meta["_file"] = str(file)
+            return meta
+    raise CheckpointError(f"{folder}: not a codecfw checkpoint (expected model.safetensors with meta.json or "
+                          f"config.json holding the resolved recipe)")
+
+
+def load_checkpoint(path: str | os.PathLike, registry: Registry | None = None, prefer_ema: bool = True
+                    ) -> tuple[Codec, RecipeBase, dict[str, Any]]:
+    """Validate the recipe saved with a checkpoint, build the codec and load its weights (EMA weights when the
+    checkpoint has them and ``prefer_ema``). Returns (codec in eval mode, recipe, meta)."""
+    folder = resolve_checkpoint_dir(path)
+    if not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{folder}: no model.safetensors (expected a checkpoint folder, a run directory or "
+                              f"a registered pretrained name)")
+    meta = read_checkpoint_meta(folder)
+    from .codec import build_codec
+    from .config import validate_recipe
+    from .registry import get_registry
+
+    registry = registry or get_registry()
+    recipe = validate_recipe(meta["recipe"], registry, source=meta["_file"])
+    codec = build_codec(recipe, registry)
+    try:
+        load_codec_weights(codec, folder, prefer_ema=prefer_ema, strict=True)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(str(exc).strip("'\"")) from None
+    _warn_plugin_versions(meta, registry)
+    return codec.eval(), recipe, meta
+
+
+def _warn_plugin_versions(meta: dict[str, Any], registry: Registry) -> None:
+    saved = meta.get("plugins") or meta.get("plugin_versions")
+    if not isinstance(saved, dict):
+        return
+    import warnings
+
+    now = {p.name: p.version for p in registry.plugins.values()}
+    changed = [f"{k} {v} -> {now[k]}" for k, v in saved.items() if k in now and str(v) != str(now[k])]
+    if changed:
+        warnings.warn(f"{meta['_file']}: plugin versions differ from the checkpoint's: {', '.join(changed)}",
+                      stacklevel=3)

@@ -9,7 +9,7 @@ A metric plugin registers a kind in the ``metric`` slot::
 ``factory(config, context)`` returns a :class:`Metric`: a callable with metadata attributes (does it need the
 reference, a transcript, the tokens; which optional package backs it; is higher better) and
 ``__call__(estimate, reference, sample_rate, **meta) -> float | dict[str, float]``. The runner
-(:mod:`codecfw.core.evaluation.evaluate`) wraps every call: a metric that raises yields NaN for its columns and one logged
+(:mod:`.evaluation.evaluate`) wraps every call: a metric that raises yields NaN for its columns and one logged
 error, never a crashed run (Codec-SUPERB's behaviour). A metric whose optional backend is missing is reported once
 as unavailable and its columns stay NaN.
 
@@ -100,7 +100,7 @@ class Metric:
 
     def setup(self, system: Any) -> None:
         """Called once per evaluated system before its clips. ``system`` has ``sample_rate``, ``streams``
-        (``list[TokenStream]``), ``bitrate`` and ``token_rate`` (see :class:`codecfw.core.evaluation.evaluate.System`)."""
+        (``list[TokenStream]``), ``bitrate`` and ``token_rate`` (see :class:`.evaluation.evaluate.System`)."""
 
     def column(self, key: str) -> str:
         """Column name of a dict-valued metric's entry: ``key`` itself, prefixed with the metric's name when the

@@ -173,7 +173,7 @@ def converted_folder(spec: PretrainedSpec) -> Path:
 def load_pretrained(name: str, registry=None, cache_dir: str | os.PathLike | None = None, reconvert: bool = False):
     """Fetch, convert (or reuse the cached conversion), validate, build, load weights.
     Returns (codec in eval mode, recipe, meta)."""
-    from .tokenizer.api import CheckpointError, load_checkpoint
+    from .checkpoint import CheckpointError, load_checkpoint
     from .registry import get_registry
 
     registry = registry or get_registry()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import threading
-import traceback
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable
@@ -246,7 +245,3 @@ def set_registry(registry: Registry | None) -> None:
     """Replace the process-wide registry (tests)."""
     global _REGISTRY
     _REGISTRY = registry
-
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

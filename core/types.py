@@ -25,7 +25,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import Tensor, nn
 
 
@@ -221,7 +220,3 @@ class BuildContext:
     semantic: SemanticFrontend | None = None
     acoustic: AcousticQuantizer | None = None
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def tokens_to_device(tokens: dict[str, Tensor], device: torch.device | str) -> dict[str, Tensor]:
-    return {k: v.to(device) for k, v in tokens.items()}

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from codecfw.core.checkpoint import read_state_dict as read_state
+from codecfw.plugins.pretrained.semanticodec import convert_encoder_state, import_semanticodec, local_files
 from codecfw.plugins.semantic.audiomae import audiomae_pos_embed
-from codecfw.plugins.pretrained.semanticodec import (convert_encoder_state, import_semanticodec,
-                                                              local_files, read_state)
 
 from .test_semanticodec_encoder import case, regen
 
@@ -117,7 +117,7 @@ def test_converted_checkpoint_layout(converted, official_folder):
 
 
 def test_converted_codec_reproduces_reference_tokens(converted, registry):
-    from codecfw.core.tokenizer.api import load_checkpoint
+    from codecfw.core.checkpoint import load_checkpoint
 
     codec, recipe, _ = load_checkpoint(converted, registry)
     wave = case("fbank_frontend")[1]["in/waveform"]  # 3.3 s: 168 tokens per stream, rows >= 165 are padding

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from codecfw.core.tokenizer.api import load_checkpoint
+from codecfw.core.checkpoint import load_checkpoint
 from codecfw.core.codec import build_codec
 from codecfw.core.config import validate_recipe
 from codecfw.plugins.pretrained.xcodec import (ConversionError, codecfw_to_original, convert_xcodec,

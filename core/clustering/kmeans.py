@@ -5,7 +5,7 @@ SemantiCodec's semantic codebook is k-means over stacked AudioMAE features, clus
 tool (haoheliu/kmeans_pytorch) loops over clusters in Python and never processes the last partial chunk; this
 engine instead:
 
-- reads rows in chunks from a :class:`~codecfw.core.clustering.feature_store.FeatureStore` (memory-mapped shards), so the data
+- reads rows in chunks from a :class:`~.feature_store.FeatureStore` (memory-mapped shards), so the data
   never has to fit in memory, and assigns with one ``‖c‖² − 2x·c`` matmul per block (``argmin`` over centroids);
 - accumulates per-cluster sums with ``index_add_`` (float32 per chunk, float64 across chunks and ranks);
 - runs full-batch Lloyd (Lloyd 1982) or mini-batch k-means with per-centroid ``1/count`` learning rates

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -174,10 +173,3 @@ def exists_skip(job: Job, args: argparse.Namespace, report: Report) -> bool:
 def describe(exc: BaseException) -> str:
     text = str(exc)
     return text if text else type(exc).__name__
-
-
-def relpath(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # pragma: no cover - different drives on Windows
-        return str(path)

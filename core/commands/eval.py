@@ -14,7 +14,7 @@ pretrained name, or ``identity``; a codec runs through the path users ship (``Au
 token file on disk → ``decode``, chunked as configured). ``--command`` adds any external codec as a shell command
 (placeholders ``{in}``, ``{bits}``, ``{out}``, ``{rate}``); SYSTEM may then be omitted. Metrics are ``kind`` or
 ``kind:key=value,...`` (or a YAML file with a list). Writes clips.csv, summary.csv, results.json, report.md,
-plots/ and audio/ under OUT (see codecfw.core.evaluation.evaluate).
+plots/ and audio/ under OUT (see core/evaluation/).
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ def run(args) -> int:
     if args.batch_size < 1:
         print(f"error: --batch-size must be >= 1, got {args.batch_size}", file=sys.stderr)
         return 2
-    from ..data.dataset import ManifestError, NoUsableAudioError
+    from ..data.dataset import ManifestError, NoUsableAudioError, load_clips
     from ..evaluation.anchors import CommandSystem, build_anchors
-    from ..evaluation.evaluate import evaluate, load_clips, load_system
+    from ..evaluation.evaluate import evaluate, load_system
 
     registry = get_registry()
     try:

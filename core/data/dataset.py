@@ -37,10 +37,12 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..atomic import write_json
-from .audio import AUDIO_EXTENSIONS, AudioError, AudioReadError, Mixdown, probe_audio_file, read_audio, read_frames, resample, write_audio
+from .audio import (AUDIO_EXTENSIONS, AudioError, AudioReadError, Mixdown, probe_audio_file, read_audio, read_frames,
+                    resample, write_audio)
 
 __all__ = ["AUDIO_EXTENSIONS", "DOMAINS", "AudioDataset", "AudioEntry", "AudioError", "AudioReadError", "AudioSampler",
            "ManifestError", "NoUsableAudioError", "ScanReport", "build_dataloader", "build_dataset", "collate_audio",
@@ -476,3 +478,45 @@ def build_dataloader(data_cfg: Any, split: Literal["train", "valid"], sample_rat
     return DataLoader(dataset, batch_size=batch_size or data_cfg.batch_size, sampler=sampler,
                       num_workers=workers, collate_fn=collate_audio, pin_memory=pin,
                       drop_last=train if drop_last is None else drop_last, **extra)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation clips (codecfw eval, the semantic probe, ablations)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Clip:
+    """One evaluation item. ``id`` is the path relative to the source without its extension."""
+
+    id: str
+    path: str
+    domain: str | None = None
+    transcript: str | None = None
+    split: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_clips(source: str | Path, split: str | None = None, limit: int | None = None) -> list[Clip]:
+    """Clips of a manifest (JSONL/CSV: path, domain, transcript, split, any label column) or a folder of audio."""
+    root = resolve_source(source)
+    base = root if root.is_dir() else root.parent
+    clips = []
+    for entry in load_entries(source, split=split):
+        path = Path(entry.path)
+        try:
+            cid = str(path.relative_to(base).with_suffix(""))
+        except ValueError:
+            cid = str(path.with_suffix(""))
+        clips.append(Clip(cid, str(path), entry.domain, entry.transcript, entry.split, dict(entry.meta)))
+    return clips[:limit] if limit else clips
+
+
+def read_clip(clip: Clip, sample_rate: int, max_seconds: float | None = None) -> Tensor:
+    """Mono float32 ``Tensor[N]`` at ``sample_rate`` (channel mean, torchaudio sinc resampling)."""
+    wav = read_audio(clip.path, sample_rate)[0]
+    if max_seconds:
+        wav = wav[: int(round(max_seconds * sample_rate))]
+    if wav.numel() == 0:
+        raise ValueError(f"{clip.path}: empty audio")
+    return wav

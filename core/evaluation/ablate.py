@@ -34,8 +34,9 @@ import torch
 import yaml
 
 from ..config import load_recipe, resolve_recipe_path
-from .evaluate import CodecSystem, evaluate, load_clips
+from ..data.dataset import load_clips
 from ..metric import build_metrics, load_metric_configs
+from .evaluate import CodecSystem, evaluate
 from .report import write_comparison, write_json, write_text
 
 logger = logging.getLogger("codecfw.ablate")
@@ -219,7 +220,7 @@ def _untrained_system(recipe: Any, name: str, registry: Any, device: str) -> Cod
 
 def _trained_system(recipe: Any, name: str, run_dir: Path, registry: Any, device: str, progress: bool,
                     record: dict[str, Any]) -> CodecSystem:
-    from ..tokenizer.api import load_checkpoint, resolve_checkpoint_dir
+    from ..checkpoint import load_checkpoint, resolve_checkpoint_dir
     from .evaluate import file_sha256
     from ..training.trainer import Trainer
 

@@ -34,56 +34,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.dataset import Clip, load_clips, read_clip  # noqa: F401 - load_clips is part of this API
 from ..metric import ALIGNMENT, RESAMPLER, Metric, MetricUnavailable, align, resample
 from ..types import TokenStream, bitrate, token_rate
 
 logger = logging.getLogger("codecfw.eval")
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Clips
-# ------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Clip:
-    """One evaluation item. ``id`` is the path relative to the source without its extension."""
-
-    id: str
-    path: str
-    domain: str | None = None
-    transcript: str | None = None
-    split: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-def load_clips(source: str | Path, split: str | None = None, limit: int | None = None) -> list[Clip]:
-    """Clips of a manifest (JSONL/CSV: path, domain, transcript, split, any label column) or a folder of audio."""
-    from ..data.dataset import load_entries, resolve_source
-
-    root = resolve_source(source)
-    base = root if root.is_dir() else root.parent
-    clips = []
-    for entry in load_entries(source, split=split):
-        path = Path(entry.path)
-        try:
-            cid = str(path.relative_to(base).with_suffix(""))
-        except ValueError:
-            cid = str(path.with_suffix(""))
-        clips.append(Clip(cid, str(path), entry.domain, entry.transcript, entry.split, dict(entry.meta)))
-    return clips[:limit] if limit else clips
-
-
-def read_clip(clip: Clip, sample_rate: int, max_seconds: float | None = None) -> Tensor:
-    """Mono float32 ``Tensor[N]`` at ``sample_rate`` (channel mean, torchaudio sinc resampling)."""
-    from ..data.dataset import read_audio
-
-    wav = read_audio(clip.path, sample_rate)[0]
-    if max_seconds:
-        wav = wav[: int(round(max_seconds * sample_rate))]
-    if wav.numel() == 0:
-        raise ValueError(f"{clip.path}: empty audio")
-    return wav
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,7 +183,7 @@ def load_system(spec: str, registry: Any = None, device: str = "cpu", overrides:
         return IdentitySystem()
     path = Path(spec)
     if path.exists() and path.suffix.lower() not in (".yaml", ".yml"):
-        from ..tokenizer.api import resolve_checkpoint_dir
+        from ..checkpoint import resolve_checkpoint_dir
 
         tokenizer = load(path, registry=registry)
         folder = resolve_checkpoint_dir(path)
@@ -304,7 +259,7 @@ def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence
              data_source: str | None = None) -> EvalResult:
     """Score every system on every clip with every metric; write the outputs when ``out_dir`` is given.
 
-    probe : keyword arguments of :func:`codecfw.core.evaluation.probe.run_probe` (e.g. ``{"label_key": "domain"}``), run for
+    probe : keyword arguments of :func:`.probe.run_probe` (e.g. ``{"label_key": "domain"}``), run for
         each codec system.
     """
     from tqdm.auto import tqdm

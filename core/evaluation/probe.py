@@ -157,10 +157,10 @@ def probe_accuracy(features: Tensor, labels: list[int], splits: list[str | None]
 
 def run_probe(system: Any, clips: Sequence[Any], label_key: str = "domain", *, max_seconds: float | None = None,
               folds: int = 5, seed: int = 0, **train_kwargs: Any) -> dict[str, Any]:
-    """Probe a :class:`~codecfw.core.evaluation.evaluate.CodecSystem` on labelled clips (``label_key``: ``domain`` or any
+    """Probe a :class:`~.evaluate.CodecSystem` on labelled clips (``label_key``: ``domain`` or any
     manifest column). Returns accuracies for all streams and the first stream, the majority-class baseline and the
     protocol. Errors are returned in the dict (``error``), never raised: the probe must not kill an eval run."""
-    from .evaluate import read_clip
+    from ..data.dataset import read_clip
 
     labelled = [(c, c.domain if label_key == "domain" else c.meta.get(label_key)) for c in clips]
     labelled = [(c, str(lab)) for c, lab in labelled if lab not in (None, "")]

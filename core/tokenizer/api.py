@@ -16,7 +16,6 @@ Recordings longer than the codec's chunk window are processed in windows (see :m
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import metadata as md
 from pathlib import Path
@@ -26,17 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_dir  # noqa: F401 - part of this API
+from ..codec import Codec, build_codec
+from ..config import RecipeBase
 from ..data.audio import Mixdown, resample, to_mono
 from ..data.stream import AudioSink, AudioSource
-from .chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy
-from ..codec import Codec, build_codec
-from ..config import RecipeBase, validate_recipe
 from ..registry import Registry, get_registry
+from .chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy
 from .tokens import TokenFile
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder cannot be loaded; the message names the file and the problem."""
 
 
 def _codecfw_version() -> str:
@@ -49,72 +45,6 @@ def _codecfw_version() -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """A checkpoint folder (``model.safetensors`` + ``meta.json``), a run directory (its best, else latest
-    checkpoint) or a file inside a checkpoint folder → the checkpoint folder."""
-    from ..checkpoint import resolve_run_checkpoint
-
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    try:
-        return resolve_run_checkpoint(path)
-    except FileNotFoundError as exc:
-        raise CheckpointError(str(exc)) from None
-
-
-def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
-    """``meta.json`` (core.checkpoint's format), or ``config.json`` for folders written by hand."""
-    for name in ("meta.json", "config.json"):
-        file = folder / name
-        if file.is_file():
-            try:
-                meta = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise CheckpointError(f"{file}: not readable JSON ({exc})") from None
-            if not isinstance(meta, dict) or not isinstance(meta.get("recipe"), dict):
-                raise CheckpointError(f"{file}: no resolved recipe under the key 'recipe'")
-            meta["_file"] = str(file)
-            return meta
-    raise CheckpointError(f"{folder}: not a codecfw checkpoint (expected model.safetensors with meta.json or "
-                          f"config.json holding the resolved recipe)")
-
-
-def load_checkpoint(path: str | os.PathLike, registry: Registry | None = None, prefer_ema: bool = True
-                    ) -> tuple[Codec, RecipeBase, dict[str, Any]]:
-    """Validate the recipe saved with a checkpoint, build the codec and load its weights (EMA weights when the
-    checkpoint has them and ``prefer_ema``). Returns (codec in eval mode, recipe, meta)."""
-    from ..checkpoint import load_codec_weights
-
-    folder = resolve_checkpoint_dir(path)
-    if not (folder / "model.safetensors").is_file():
-        raise CheckpointError(f"{folder}: no model.safetensors (expected a checkpoint folder, a run directory or "
-                              f"a registered pretrained name)")
-    meta = read_checkpoint_meta(folder)
-    registry = registry or get_registry()
-    recipe = validate_recipe(meta["recipe"], registry, source=meta["_file"])
-    codec = build_codec(recipe, registry)
-    try:
-        load_codec_weights(codec, folder, prefer_ema=prefer_ema, strict=True)
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(str(exc).strip("'\"")) from None
-    _warn_plugin_versions(meta, registry)
-    return codec.eval(), recipe, meta
-
-
-def _warn_plugin_versions(meta: dict[str, Any], registry: Registry) -> None:
-    saved = meta.get("plugins") or meta.get("plugin_versions")
-    if not isinstance(saved, dict):
-        return
-    import warnings
-
-    now = {p.name: p.version for p in registry.plugins.values()}
-    changed = [f"{k} {v} -> {now[k]}" for k, v in saved.items() if k in now and str(v) != str(now[k])]
-    if changed:
-        warnings.warn(f"{meta['_file']}: plugin versions differ from the checkpoint's: {', '.join(changed)}",
-                      stacklevel=3)
 
 
 def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,

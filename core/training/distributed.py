@@ -9,7 +9,7 @@ reads them. NCCL on CUDA, gloo on CPU.
 
 Three guarantees this module provides to the loop:
 
-- **Global batch semantics.** The data sampler (``codecfw.core.data.dataset.AudioSampler``) draws one permutation per epoch
+- **Global batch semantics.** The data sampler (``core.data.dataset.AudioSampler``) draws one permutation per epoch
   from ``(seed, epoch)`` and gives rank ``r`` the items ``perm[r::world]``, so the ranks' batch ``b`` together hold
   exactly the items one process with ``world × batch_size`` would put in its batch ``b``; crops are drawn from
   ``(seed, epoch, index)``, whatever the rank, the number of workers or where a run resumed. DDP averages the
@@ -133,14 +133,6 @@ def broadcast_buffers(module: nn.Module, ctx: DistributedContext, src: int = 0) 
                 continue
             for buf in sub.buffers(recurse=False):
                 dist.broadcast(buf.data, src=src)
-
-
-def broadcast_parameters(module: nn.Module, ctx: DistributedContext, src: int = 0) -> None:
-    if not ctx.is_distributed:
-        return
-    with torch.no_grad():
-        for p in module.parameters():
-            dist.broadcast(p.data, src=src)
 
 
 def barrier(ctx: DistributedContext) -> None:

@@ -2,7 +2,7 @@
 is one optimizer step, ``validate`` and ``save`` are what happens every N steps.
 
 Following torchtune's "no training framework" rule, the loop is written out here rather than spread over callbacks.
-The codec supplies the objective (``codec.decoder.objective``, see :mod:`codecfw.core.training.objectives`); the loop owns
+The codec supplies the objective (``codec.decoder.objective``, see :mod:`.objectives`); the loop owns
 turns, optimizers, precision, accumulation, clipping, EMA, schedules, logging, checkpoints and distribution.
 
 Run directory (``runs/<name>-<config hash>`` unless ``train.run_dir``/``--run-dir`` say otherwise)::

@@ -30,7 +30,7 @@ from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
 from codecfw.core.types import AcousticOutput, AcousticQuantizer, BuildContext, SemanticOutput, TokenStream
 
-from ..nn.dac import DACEncoder
+from codecfw.plugins.nn.dac import DACEncoder
 
 
 class DACRVQConfig(PluginConfig):

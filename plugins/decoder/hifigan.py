@@ -84,12 +84,3 @@ def official_vocoder_state(state: dict[str, Tensor], source: str = "vocoder") ->
     out.setdefault("mean", torch.zeros(num_mels))
     out.setdefault("scale", torch.ones(num_mels))
     return out
-
-
-def vocoder_spec_from_state(state: dict[str, Tensor], base: HiFiGANSpec | None = None) -> HiFiGANSpec:
-    """The spec whose widths match a (converted) vocoder state dict: ``num_mels`` and the initial channel count
-    are read from ``conv_pre``; rates and kernels are taken from ``base``."""
-    spec = HiFiGANSpec(**asdict(base or HiFiGANSpec()))
-    weight = state["conv_pre.weight"]
-    spec.upsample_initial_channel, spec.num_mels = int(weight.shape[0]), int(weight.shape[1])
-    return spec

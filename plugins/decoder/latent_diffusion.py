@@ -120,9 +120,9 @@ class LatentDiffusionDecoder(Decoder):
 
     def __init__(self, cfg: LatentDiffusionDecoderConfig, ctx: BuildContext) -> None:
         super().__init__()
-        from .hifigan import HiFiGANSpec, build_hifigan
-        from .mel_vae import AudioLDMMel, VAESpec, build_vae
-        from .t_unet import TUNet2DConditionModel
+        from codecfw.plugins.decoder.hifigan import HiFiGANSpec, build_hifigan
+        from codecfw.plugins.decoder.mel_vae import AudioLDMMel, VAESpec, build_vae
+        from codecfw.plugins.decoder.t_unet import TUNet2DConditionModel
 
         if ctx.semantic is None or ctx.acoustic is None:
             raise ValueError("latent_diffusion needs the semantic and acoustic slots built first")
@@ -163,7 +163,7 @@ class LatentDiffusionDecoder(Decoder):
         self.register_buffer("scale_factor", torch.tensor(float(cfg.scale_factor)))
         self.register_buffer("scale_initialized", torch.tensor(not cfg.scale_by_std))
         self.register_buffer("position_table", sinusoid_table(self.window_tokens, cfg.position_dim), persistent=False)
-        from .diffusion_schedule import training_alphas_cumprod
+        from codecfw.plugins.decoder.diffusion_schedule import training_alphas_cumprod
 
         self.register_buffer("alphas_cumprod", training_alphas_cumprod(
             cfg.noise_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end), persistent=False)
@@ -173,13 +173,13 @@ class LatentDiffusionDecoder(Decoder):
     # -- weights -----------------------------------------------------------------------------------------------
     def official_schedule(self) -> dict[str, Tensor]:
         """The 12 schedule buffers an official checkpoint of this configuration stores."""
-        from .diffusion_schedule import reference_schedule_buffers
+        from codecfw.plugins.decoder.diffusion_schedule import reference_schedule_buffers
 
         return reference_schedule_buffers(self.cfg.num_train_timesteps, self.cfg.beta_start, self.cfg.beta_end)
 
     def convert_official(self, state: dict[str, Tensor], source: str = "decoder.ckpt") -> dict[str, Tensor]:
         """Official ``decoder.ckpt`` state → this module's state (schedule checked, EMA dropped)."""
-        from .official_keys import check_official_schedule, map_official_decoder_state
+        from codecfw.plugins.decoder.official_keys import check_official_schedule, map_official_decoder_state
 
         if self.cfg.noise_schedule == "scaled_linear":
             check_official_schedule(state, self.official_schedule(), source=source)
@@ -276,7 +276,7 @@ class LatentDiffusionDecoder(Decoder):
 
         ``step_noise(i) -> Tensor`` supplies DDIM's η-noise at step i (seeded per window by default).
         """
-        from .diffusion_schedule import default_spacing, make_scheduler, set_timesteps
+        from codecfw.plugins.decoder.diffusion_schedule import default_spacing, make_scheduler, set_timesteps
 
         cfg = self.cfg
         steps, guidance = steps or cfg.steps, cfg.guidance_scale if guidance_scale is None else guidance_scale

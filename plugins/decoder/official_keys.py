@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .hifigan import official_vocoder_state
+from codecfw.plugins.decoder.hifigan import official_vocoder_state
+from codecfw.plugins.decoder.t_unet import attention_levels
 
 #: ResBlock sub-module names: official openaimodel → diffusers ``ResnetBlock2D``.
 RESBLOCK_RENAMES = {
@@ -60,11 +61,6 @@ def rename_by_prefix(state: dict[str, Tensor], prefix_map: dict[str, str], sourc
     if unknown:
         raise KeyError(f"{source}: {len(unknown)} key(s) fit no known layout, e.g. {unknown[:5]}")
     return out
-
-
-def attention_levels(num_levels: int, attention_resolutions: Sequence[int]) -> list[bool]:
-    """Which UNet levels have attention sites (level l runs at downsample factor 2**l)."""
-    return [2 ** level in attention_resolutions for level in range(num_levels)]
 
 
 def official_unet_key_map(num_levels: int, num_res_blocks: int, attention_levels: Sequence[bool],

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import register_to_config
@@ -29,7 +28,10 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import Tensor, nn
 
-from .official_keys import attention_levels
+
+def attention_levels(num_levels: int, attention_resolutions: Sequence[int]) -> list[bool]:
+    """Which UNet levels have attention sites (level l runs at downsample factor 2**l)."""
+    return [2 ** level in attention_resolutions for level in range(num_levels)]
 
 
 class SelfCrossTransformer(nn.Module):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -194,13 +194,6 @@ class DACDecoder(nn.Module):
     def forward(self, latent: Tensor) -> Tensor:
         with cached_weights(self):
             return self.model(latent)
-
-
-def weight_norm_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, submodule)`` for every submodule whose ``weight`` is weight-normed."""
-    for name, m in module.named_modules():
-        if parametrize.is_parametrized(m, "weight"):
-            yield name, m
 
 
 def convolutional_chunk_policy(sample_rate: int, hop_length: int, context_seconds: float = 1.0):

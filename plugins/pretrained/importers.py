@@ -39,7 +39,7 @@ def xcodec_arguments(x) -> None:
 
 
 def import_xcodec(spec: XCodecImport, args) -> Path:
-    from .xcodec import convert_xcodec
+    from codecfw.plugins.pretrained.xcodec import convert_xcodec
 
     return convert_xcodec(args.src, args.output, config=args.config, teacher=args.teacher,
                           teacher_config=args.teacher_config, name=args.name, gain=args.gain,
@@ -62,7 +62,7 @@ def semanticodec_arguments(s) -> None:
 
 
 def import_semanticodec(spec: SemantiCodecImport, args) -> Path:
-    from .semanticodec import import_semanticodec as convert
+    from codecfw.plugins.pretrained.semanticodec import import_semanticodec as convert
 
     sizes = [4096, 8192, 16384, 32768] if args.vocab_sizes == ["all"] else [_VOCAB[v] for v in args.vocab_sizes or []]
     return convert(args.output, args.files or args.hub, args.token_rate, _VOCAB[args.vocab], sizes, args.revision,

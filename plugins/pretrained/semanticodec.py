@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from codecfw.core.checkpoint import read_state_dict
+
 HUB_REPO = "haoheliu/SemantiCodec"
 TOKEN_RATES = {100: 1, 50: 2, 25: 4}
 VOCAB_SIZES = (4096, 8192, 16384, 32768)
@@ -63,54 +65,6 @@ def local_files(folder: str | Path, token_rate: int, vocab_sizes: list[int]) -> 
         raise FileNotFoundError(f"{folder}: official SemantiCodec files not found; expected (relative to the folder, "
                                 f"as in the hub repository {HUB_REPO}): {', '.join(missing)}")
     return found
-
-
-def read_state(path: str | Path, allow_wrapper: tuple[str, ...] = ("state_dict",)) -> dict[str, Tensor]:
-    """A flat state dict from an official ``.ckpt`` (``weights_only=True``, memory-mapped when possible); a dict
-    wrapping it under one of ``allow_wrapper`` is unwrapped."""
-    import pickle
-
-    path = Path(path)
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) serialization
-    except pickle.UnpicklingError as exc:
-        raise pickle.UnpicklingError(
-            f"{path}: holds objects other than tensors, which codecfw does not unpickle (weights_only=True): "
-            f"{str(exc).splitlines()[0]}. On a machine you trust, save its state dict with safetensors.") from None
-    for key in allow_wrapper:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a flat state dict of tensors (the official checkpoint layout)")
-    return state
-
-
-def read_audiomae_weights(path: str | Path) -> dict[str, Tensor]:
-    """AudioMAE encoder weights from an official ``encoder.ckpt`` (``audiomae.model.*``), an AudioMAE ``.pth``
-    (``{"model": ...}``), a codecfw checkpoint (``semantic.audiomae.*``) or a bare state dict; the MAE decoder
-    (``decoder_*``, ``mask_token``) is dropped."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = read_state(path, allow_wrapper=("model", "state_dict"))
-    out = {}
-    for prefix in ("semantic.audiomae.", "audiomae.model.", "model.", ""):
-        out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if "patch_embed.proj.weight" in out:
-            break
-    else:
-        raise KeyError(f"{path}: no AudioMAE weights found (looked for 'patch_embed.proj.weight' under the prefixes "
-                       f"'semantic.audiomae.', 'audiomae.model.', 'model.')")
-    return {k: v for k, v in out.items() if not (k.startswith("decoder_") or k == "mask_token")}
 
 
 def convert_encoder_state(state: dict[str, Tensor], source: str = "encoder.ckpt") -> tuple[dict[str, Tensor], int]:
@@ -224,7 +178,7 @@ def codebook_files(files: dict[str, Path]) -> dict[int, Path]:
 
 
 def load_codebooks(paths: dict[int, Path]) -> dict[int, Tensor]:
-    from ..semantic.kmeans_codebook import load_centroids
+    from codecfw.core.clustering.codebook import load_centroids
 
     out = {}
     for size, path in paths.items():
@@ -244,7 +198,7 @@ def convert_official_semanticodec(spec, files: dict[str, Path]):
     paths = codebook_files(files)
     codebooks = load_codebooks(paths)
     sources = {"encoder": str(encoder), "decoder": str(decoder), **{size: str(p) for size, p in paths.items()}}
-    return convert_semanticodec(read_state(encoder), read_state(decoder), codebooks, stack_factor,
+    return convert_semanticodec(read_state_dict(encoder), read_state_dict(decoder), codebooks, stack_factor,
                                 vocab_size=options.get("semantic_vocab_size"),
                                 keep_vae_encoder=bool(options.get("keep_vae_encoder", False)),
                                 overrides=options.get("overrides"), name=getattr(spec, "kind", None),

@@ -11,7 +11,7 @@ Two source layouts:
   fused conv weights (weight norm removed); the codecfw recipe is derived from ``XcodecConfig``.
 
 The output is a codecfw checkpoint folder (``model.safetensors`` with the composed codec's state dict, teacher
-included, + ``meta.json`` with the resolved recipe), loadable with ``codecfw.core.tokenizer.api.load_checkpoint``. The teacher
+included, + ``meta.json`` with the resolved recipe), loadable with ``codecfw.load``. The teacher
 is rebuilt from ``semantic.teacher_config`` so the checkpoint loads without any download.
 
 Entry points: :func:`convert_xcodec` (``codecfw import xcodec SRC -o DST``) and :func:`convert_official` (the

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
-from codecfw.core.types import BuildContext, SemanticFrontend, SemanticOutput, TokenStream
+from codecfw.core.types import SemanticFrontend, SemanticOutput, TokenStream
 from codecfw.plugins.nn.dac import DACEncoder, convolutional_chunk_policy
 from codecfw.plugins.semantic.anchor_codebook import AnchorCodebook, load_codebook_file
 from codecfw.plugins.semantic.ssl_teacher import HiddenStateReader, TeacherSettings, load_teacher

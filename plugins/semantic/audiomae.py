@@ -25,6 +25,7 @@ The ViT keeps the official key names (``patch_embed.proj``, ``blocks.N.attn.qkv`
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -33,10 +34,11 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from codecfw import hookimpl
+from codecfw.core.checkpoint import read_state_dict
 from codecfw.core.config import PluginConfig, StrictModel
 from codecfw.core.types import SemanticFrontend, SemanticOutput, TokenStream
 
-from .kmeans_codebook import KMeansCodebooks
+from codecfw.plugins.semantic.kmeans_codebook import KMeansCodebooks
 
 SAMPLE_RATE = 16000
 SEGMENT_SAMPLES = 163840  # 10.24 s
@@ -286,6 +288,28 @@ class AudioMAEKMeansConfig(PluginConfig):
         return self
 
 
+def read_audiomae_weights(path: str | Path) -> dict[str, Tensor]:
+    """AudioMAE encoder weights from an official ``encoder.ckpt`` (``audiomae.model.*``), an AudioMAE ``.pth``
+    (``{"model": ...}``), a codecfw checkpoint (``semantic.audiomae.*``) or a bare state dict; the MAE decoder
+    (``decoder_*``, ``mask_token``) is dropped."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = read_state_dict(path, allow_wrapper=("model", "state_dict"))
+    out = {}
+    for prefix in ("semantic.audiomae.", "audiomae.model.", "model.", ""):
+        out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if "patch_embed.proj.weight" in out:
+            break
+    else:
+        raise KeyError(f"{path}: no AudioMAE weights found (looked for 'patch_embed.proj.weight' under the prefixes "
+                       f"'semantic.audiomae.', 'audiomae.model.', 'model.')")
+    return {k: v for k, v in out.items() if not (k.startswith("decoder_") or k == "mask_token")}
+
+
 class AudioMAEKMeansFrontend(SemanticFrontend):
     """AudioMAE features stacked by K and tokenized by a frozen k-means codebook.
 
@@ -310,8 +334,6 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
         self.feature_dim = self.quantized_dim = cfg.embed_dim * cfg.stack_factor
         self.audiomae = AudioMAEEncoder(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.contextual_depth)
         if cfg.audiomae_weights:
-            from ..pretrained.semanticodec import read_audiomae_weights
-
             weights = read_audiomae_weights(cfg.audiomae_weights)
             missing, unexpected = self.audiomae.load_state_dict(weights, strict=False)
             if missing or unexpected:

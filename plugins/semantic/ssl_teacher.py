@@ -30,7 +30,7 @@ from codecfw import hookimpl
 from codecfw.core.config import PluginConfig, StrictModel
 from codecfw.core.types import SemanticFrontend, SemanticOutput
 
-from ..nn.semantic_conv import SemanticConvConfig, SemanticEncoder
+from codecfw.plugins.nn.semantic_conv import SemanticConvConfig, SemanticEncoder
 
 _MODEL_CLASSES = {"auto": "AutoModel", "hubert": "HubertModel", "wavlm": "WavLMModel", "wav2vec2": "Wav2Vec2Model",
                   "whisper": "WhisperModel"}
