@@ -85,7 +85,7 @@ def whisper_arguments(w) -> None:
 
 
 def import_whisper(spec: WhisperImport, args) -> Path:
-    from .whisper import convert_ct2_whisper, verify_conversion
+    from codecfw.plugins.pretrained.whisper import convert_ct2_whisper, verify_conversion
 
     out = convert_ct2_whisper(args.src, args.output, dtype=args.dtype)
     if args.no_verify:

@@ -135,7 +135,7 @@ def load_teacher(cfg: TeacherSettings) -> nn.Module:
                 f"or save it with save_pretrained() to a local directory (config.json + model.safetensors) and set "
                 f"semantic.model to that path.") from exc
     if getattr(model.config, "model_type", None) == "whisper":
-        from .whisper_teacher import WhisperTeacher
+        from codecfw.plugins.semantic.whisper_teacher import WhisperTeacher
 
         model = WhisperTeacher.from_model(model, pad_to_window=cfg.pad_to_window)
     elif cfg.pad_to_window:
