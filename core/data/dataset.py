@@ -44,10 +44,11 @@ from ..atomic import write_json
 from .audio import (AUDIO_EXTENSIONS, AudioError, AudioReadError, Mixdown, probe_audio_file, read_audio, read_frames,
                     resample, write_audio)
 
-__all__ = ["AUDIO_EXTENSIONS", "DOMAINS", "AudioDataset", "AudioEntry", "AudioError", "AudioReadError", "AudioSampler",
-           "ManifestError", "NoUsableAudioError", "ScanReport", "build_dataloader", "build_dataset", "collate_audio",
-           "list_audio_files", "load_entries", "probe_audio_file", "read_audio", "read_manifest", "resample",
-           "scan_audio", "write_audio"]  # read_audio/write_audio/resample live in codecfw.core.data.audio
+__all__ = ["AUDIO_EXTENSIONS", "DOMAINS", "AudioDataset", "AudioEntry", "AudioError", "AudioReadError",
+           "AudioSampler", "Clip", "ManifestError", "NoUsableAudioError", "ScanReport", "build_dataloader",
+           "build_dataset", "collate_audio", "list_audio_files", "load_clips", "load_entries", "probe_audio_file",
+           "read_audio", "read_clip", "read_manifest", "resample", "scan_audio", "write_audio"]
+# read_audio/write_audio/resample live in codecfw.core.data.audio
 
 logger = logging.getLogger("codecfw.data")
 

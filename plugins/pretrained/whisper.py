@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from codecfw.core.atomic import atomic_folder
+
 CT2_BINARY_VERSION = 6
 _CT2_DTYPES = {0: torch.float32, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.float16, 5: torch.bfloat16}
 
@@ -284,10 +286,7 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike, output: str | os.PathLike, d
                              f"{missing[:5]}, unexpected {unexpected[:5]}")
     hf.generation_config = generation
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".tmp-{dst.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_folder(dst) as tmp:
         hf.to(torch_dtype).save_pretrained(tmp)
         # the window the encoder's positions cover: 30 s for every released Whisper (1500 frames × 320 samples)
         chunk_seconds = config.max_source_positions * 2 * 160 // 16000
@@ -300,11 +299,6 @@ def convert_ct2_whisper(ct2_dir: str | os.PathLike, output: str | os.PathLike, d
             "source_sha256": {"model.bin": _sha256(src / "model.bin")},
             "ctranslate2": {"binary_version": model.binary_version, "spec": model.spec, "revision": model.revision},
             "dtype": dtype}, indent=2) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
