@@ -24,7 +24,6 @@ import importlib
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 import yaml
 from pydantic import Field, ValidationError
 from torch import Tensor
@@ -237,11 +236,3 @@ def build_metrics(configs: list[MetricConfig], registry: Registry | None = None)
                                   f"{metric.config.kind}); give one a name=... setting")
         seen[metric.name] = metric.config.kind
     return metrics
-
-
-def to_mono(wav: Tensor) -> Tensor:
-    """Tensor[N] | Tensor[C x N] | Tensor[1 x C x N] → Tensor[N] (mean over channels)."""
-    wav = torch.as_tensor(wav)
-    while wav.dim() > 1:
-        wav = wav.mean(0) if wav.shape[0] > 1 else wav[0]
-    return wav.float()
