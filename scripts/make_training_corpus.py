@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import gzip
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -176,6 +178,7 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
+@functools.lru_cache(maxsize=None)
 def tool_version(pkg: str) -> str:
     out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True)
     return out.stdout.strip() or "?"
@@ -211,9 +214,13 @@ def finish(wav: torch.Tensor, sr: int, max_seconds: float) -> torch.Tensor:
     return wav * (0.999 / peak) if peak > 0.999 else wav
 
 
-def read_file(path: Path) -> tuple[torch.Tensor, int]:
+def read_file(path: Path, max_seconds: float | None = None) -> tuple[torch.Tensor, int]:
+    """Tensor[C x N] at the file's rate. Only the first ``max_seconds`` (and one frame more, so that ``finish`` cuts
+    and fades exactly as it would the whole file) are decoded."""
     check_path(path)
-    return read_audio(path), sf.info(str(path)).samplerate
+    sr = sf.info(str(path)).samplerate
+    x, sr = sf.read(str(path), frames=int(max_seconds * sr) + 1 if max_seconds else -1, dtype="float32", always_2d=True)
+    return torch.from_numpy(np.ascontiguousarray(x.T)), sr
 
 
 def read_bytes(data: bytes) -> tuple[torch.Tensor, int]:
@@ -322,8 +329,9 @@ def package_files(cache: PackageCache, pkg: str, domain: str, patterns: Sequence
             fields["speaker"] = speaker(rel)
         if language:
             fields["language"] = language(rel)
-        jobs.append(Job(f"{domain}/{pkg}/{slug(rel.rsplit('.', 1)[0].replace('/', '__'))}.flac", domain, pkg,
-                        lambda w, f=f: read_file(f), fields, seconds_each, origin=f))
+        name = re.sub(r"^usr/share/(games/)?", "", rel).replace("/", "__").replace(".", "_")  # grow.ogg ≠ grow.wav
+        jobs.append(Job(f"{domain}/{pkg}/{slug(name)}.flac", domain, pkg,
+                        lambda w, f=f: read_file(f, seconds_each), fields, seconds_each, origin=f))
     return jobs
 
 
@@ -615,32 +623,56 @@ def assign_splits(jobs: list[Job], held_out: dict[str, set[str]]) -> dict[str, s
 # --------------------------------------------------------------------------------------------------------------
 # Building
 # --------------------------------------------------------------------------------------------------------------
-def build(out: Path, jobs: list[Job], held_out: dict[str, set[str]], progress: bool = True) -> list[dict]:
-    """Render every missing file, then write the manifests. Returns the manifest rows (sorted by path)."""
+_PENDING: list[Job] = []  # the jobs handed to forked workers, by index (jobs hold closures, which do not pickle)
+
+
+def _render(out: Path, job: Job) -> None:
+    with tempfile.TemporaryDirectory(prefix="corpus-work-") as work:
+        wav, sr = job.render(Path(work))
+        write_audio(out / job.rel, finish(wav, sr, job.max_seconds), SR, subtype="PCM_16")
+
+
+def _render_pending(args: tuple[Path, int]) -> int:
+    torch.set_num_threads(1)
+    _render(args[0], _PENDING[args[1]])
+    return args[1]
+
+
+def build(out: Path, jobs: list[Job], held_out: dict[str, set[str]], progress: bool = True,
+          workers: int = 1) -> list[dict]:
+    """Render every missing file (in ``workers`` processes), then write the manifests. Returns the manifest rows,
+    sorted by path. Each file depends only on its job, so the result does not depend on ``workers``."""
+    global _PENDING
     from tqdm import tqdm
 
-    rels = [j.rel for j in jobs]
-    dup = {r for r in rels if rels.count(r) > 1} if len(set(rels)) != len(rels) else set()
+    ordered = sorted(jobs, key=lambda j: j.rel)
+    dup = sorted({a.rel for a, b in zip(ordered, ordered[1:]) if a.rel == b.rel})
     if dup:
-        raise ValueError(f"two jobs write the same file: {sorted(dup)[:5]}")
+        raise ValueError(f"two jobs write the same file: {dup[:5]}")
     split_of = assign_splits(jobs, held_out)
-    rows, rendered = [], 0
-    with tempfile.TemporaryDirectory(prefix="corpus-work-") as work:
-        work = Path(work)
-        for job in tqdm(sorted(jobs, key=lambda j: j.rel), desc="corpus", unit="file", disable=not progress,
-                        mininterval=2.0):
-            path = out / job.rel
-            if not path.is_file():
-                wav, sr = job.render(work)
-                write_audio(path, finish(wav, sr, job.max_seconds), SR, subtype="PCM_16")
-                rendered += 1
-            frames = sf.info(str(path)).frames
-            row = {"path": job.rel, "domain": job.domain, "transcript": job.fields.get("transcript", ""),
-                   "split": split_of[job.unit], "unit": job.unit, "seconds": round(frames / SR, 3),
-                   **{k: v for k, v in job.fields.items() if k != "transcript"}}
-            rows.append(row)
+    missing = [j for j in ordered if not (out / j.rel).is_file()]
+    with tqdm(total=len(ordered), initial=len(ordered) - len(missing), desc="corpus", unit="file",
+              disable=not progress, mininterval=2.0) as bar:
+        if workers > 1 and len(missing) > 1:
+            _PENDING = missing
+            try:
+                with multiprocessing.get_context("fork").Pool(workers) as pool:
+                    for _ in pool.imap_unordered(_render_pending, [(out, i) for i in range(len(missing))]):
+                        bar.update()
+            finally:
+                _PENDING = []
+        else:
+            for job in missing:
+                _render(out, job)
+                bar.update()
+    rows = []
+    for job in ordered:
+        frames = sf.info(str(out / job.rel)).frames
+        rows.append({"path": job.rel, "domain": job.domain, "transcript": job.fields.get("transcript", ""),
+                     "split": split_of[job.unit], "unit": job.unit, "seconds": round(frames / SR, 3),
+                     **{k: v for k, v in job.fields.items() if k != "transcript"}})
     write_manifests(out, rows)
-    build.rendered = rendered  # for tests and the summary line
+    build.rendered = len(missing)  # for tests and the summary line
     return rows
 
 
@@ -706,6 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--install", action="store_true", help="apt-get install the synthesis/rendering tools "
                                                            f"({' '.join(TOOL_PACKAGES)}) after checking them")
     ap.add_argument("--tiny", action="store_true", help="a few seconds per domain from what is installed (tests)")
+    ap.add_argument("--workers", type=int, default=1, help="rendering processes (the output does not depend on it)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     out = args.out.expanduser().resolve()
@@ -724,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         jobs, held = full_plan(cache), HELD_OUT
     out.mkdir(parents=True, exist_ok=True)
-    rows = build(out, jobs, held, progress=not args.no_progress)
+    rows = build(out, jobs, held, progress=not args.no_progress, workers=args.workers)
     if not args.tiny:
         copy_licences(cache, out)
     stats = corpus_stats(rows)
