@@ -107,13 +107,26 @@ def test_deterministic_and_resumable(tiny, tmp_path):
     assert mtc.build.rendered == 0
     victim = again / rows[0]["path"]
     victim.unlink()
-    (victim.parent / f".{victim.stem}.abc123.flac").write_bytes(b"half-written")
+    leftover = victim.parent / f".{victim.stem}.abc123.flac"
+    leftover.write_bytes(b"half-written")
     assert mtc.build(again, mtc.tiny_plan(None, Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")), mtc.TINY_HELD_OUT,
                      progress=False) == rows
     assert mtc.build.rendered == 1
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == first[rows[0]["path"]]
-    # the loader ignores hidden leftovers when the folder is read directly
-    assert all(not Path(e.path).name.startswith(".") for e in load_entries(again))
+    assert not leftover.exists()  # not in the plan: pruned
+
+
+def test_files_no_longer_planned_are_pruned_only_in_a_corpus_folder(tmp_path):
+    rows = mtc.build(tmp_path / "c", mtc.generated_sounds([1, 2]), {}, progress=False)
+    assert len(rows) == 2
+    rows = mtc.build(tmp_path / "c", mtc.generated_sounds([1]), {}, progress=False)
+    assert [p.name for p in (tmp_path / "c").rglob("*.flac")] == ["sfx_1.flac"] and len(rows) == 1
+    foreign = tmp_path / "foreign"
+    (foreign / "sound").mkdir(parents=True)
+    (foreign / "sound" / "mine.flac").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="not a corpus this script"):
+        mtc.build(foreign, mtc.generated_sounds([1]), {}, progress=False)
+    assert (foreign / "sound" / "mine.flac").exists()
 
 
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
