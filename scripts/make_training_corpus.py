@@ -312,6 +312,7 @@ def src_asterisk(cache: PackageCache, lang: str) -> list[Job]:
             continue
         jobs.append(Job(f"speech/{pkg}/{slug(name)}.flac", "speech", pkg, lambda w, f=f: decode_g722(f),
                         {"transcript": said.get(name, ""), "kind": "recorded", "language": lang, "speaker": speaker,
+                         **({"transcript_quality": "script"} if name in said else {}),
                          "source": f"{desc}: {folder}/{name}.g722 (G.722 decoded with libg722)",
                          "licence": ASTERISK_LICENCE}))
     return jobs
@@ -320,7 +321,8 @@ def src_asterisk(cache: PackageCache, lang: str) -> list[Job]:
 def package_files(cache: PackageCache, pkg: str, domain: str, patterns: Sequence[str], licence: str, *,
                   exclude: Sequence[str] = (), minutes: float | None = None, seconds_each: float = 240.0,
                   transcript: Callable[[str], str] | None = None, speaker: Callable[[str], str] | None = None,
-                  language: Callable[[str], str] | None = None, kind: str = "recorded") -> list[Job]:
+                  language: Callable[[str], str] | None = None, kind: str = "recorded",
+                  transcript_quality: str = "label") -> list[Job]:
     """Audio files shipped by a package, matched by glob patterns relative to the package root."""
     root = cache.unpack(pkg)
     desc = cache.describe(pkg)
@@ -330,6 +332,8 @@ def package_files(cache: PackageCache, pkg: str, domain: str, patterns: Sequence
         rel = f.relative_to(root).as_posix()
         fields = {"transcript": transcript(rel) if transcript else "", "kind": kind,
                   "source": f"{desc}: /{rel}", "licence": licence}
+        if fields["transcript"]:
+            fields["transcript_quality"] = transcript_quality
         if speaker:
             fields["speaker"] = speaker(rel)
         if language:
@@ -349,8 +353,13 @@ def src_warzone(cache: PackageCache) -> list[Job]:
     with zipfile.ZipFile(wz) as z:
         names = sorted(i.filename for i in z.infolist() if i.filename.endswith(".ogg") and i.file_size > 200)
         tutorial = z.read("script/tutorial.js").decode("utf-8", "replace")
+        audio_cfg = z.read("audio/audio.cfg").decode("utf-8", "replace")
+    # The tutorial's lines carry their subtitles; the other voice messages are named by a comment in audio.cfg
+    # ("pcv464.ogg ... /*5 Minutes Remaining*/"), which is what the voice says, give or take punctuation.
     lines = {m.group(1): m.group(2).replace('\\"', '"') for m in re.finditer(
         r'"audio":\s*"(tut\d+\.ogg)"[^\n]*?"message":\s*_\("((?:[^"\\]|\\.)*)"\)', tutorial)}
+    labels = {m.group(1): m.group(2).strip().rstrip(":").strip() for m in re.finditer(
+        r'audio\s+"([^"]+\.ogg)"[^\n]*?/\*(.*?)\*/', audio_cfg)}
 
     def load(name: str) -> tuple[torch.Tensor, int]:
         with zipfile.ZipFile(wz) as z:
@@ -361,8 +370,12 @@ def src_warzone(cache: PackageCache) -> list[Job]:
         if n.startswith("audio/sfx/"):
             domain, fields = "sound", {"kind": "recorded"}
         elif n.startswith(("audio/", "sequenceaudio/")) and not n.startswith("audio/radclick"):
-            fields = {"kind": "recorded", "language": "en", "speaker": "warzone2100 voice cast",
-                      "transcript": lines.get(n.rsplit("/", 1)[-1], "") if n.startswith("audio/tutorial/") else ""}
+            base = n.rsplit("/", 1)[-1]
+            said, quality = ((lines.get(base, ""), "subtitle") if n.startswith("audio/tutorial/")
+                             else (labels.get(base, ""), "label"))
+            fields = {"kind": "recorded", "language": "en", "speaker": "warzone2100 voice cast", "transcript": said}
+            if said:
+                fields["transcript_quality"] = quality
             domain = "speech"
         else:
             continue
@@ -424,6 +437,7 @@ def synthetic_voices(texts_for: Callable[[int], list[tuple[str, str]]], text_sou
             jobs.append(Job(f"speech/synthetic/{slug(engine + '_' + voice)}/{slug(ref)}.flac", "speech", unit,
                             lambda w, cmd=cmd, text=text: synth(cmd, text, w),
                             {"transcript": text, "kind": "synthetic", "language": "en", "speaker": unit,
+                             "transcript_quality": "exact",
                              "source": f"{engine} ({pkg} {tool_version(pkg)}) voice {voice} reading {text_source} "
                                        f"{ref}", "licence": f"text {text_licence}; voice {vlic}"}))
     return jobs
@@ -514,8 +528,8 @@ TOOL_PACKAGES = ["espeak-ng", "flite", "festival", "festvox-kallpc16k", "festvox
 
 # Held-out units (deterministic, by hand so the test split holds English real speech with transcripts).
 HELD_OUT = {
-    "test": {"warzone2100-data", "ktuberling-data", "frozen-bubble-data", "espeak-ng:en-029+f4"},
-    "valid": {"hedgewars-data", "espeak-ng:en-gb-scotland+m2"},
+    "test": {"warzone2100-data", "ktuberling-data", "frozen-bubble-data", "wesnoth-1.16-data", "espeak-ng:en-029+f4"},
+    "valid": {"hedgewars-data", "scorched3d-data", "espeak-ng:en-gb-scotland+m2"},
 }
 
 # Caps on the music and effects taken from one package (files in hash order until the cap), so that no game
