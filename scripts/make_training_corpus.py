@@ -27,7 +27,8 @@ Usage::
     python scripts/make_training_corpus.py --out /tmp/tiny --tiny                         # seconds, for tests
 
 Outputs in ``--out``: ``{speech,music,sound}/<unit>/<clip>.flac``, ``manifest.jsonl`` (all rows) and
-``train.jsonl`` / ``valid.jsonl`` / ``test.jsonl``, ``stats.json``, ``MANIFEST.sha256``, ``licences/<package>.copyright``.
+``train.jsonl`` / ``valid.jsonl`` / ``test.jsonl``, ``stats.json``, ``audio.sha256`` (every FLAC file),
+``MANIFEST.sha256`` (the checksums of those), ``licences/<package>.copyright``.
 """
 
 from __future__ import annotations
@@ -753,7 +754,10 @@ def write_manifests(out: Path, rows: list[dict]) -> None:
     stats = corpus_stats(rows)
     with atomic_output(out / "stats.json") as tmp:
         tmp.write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    names = ["manifest.jsonl", *(f"{s}.jsonl" for s in SPLITS), "stats.json"]
+    with atomic_output(out / "audio.sha256") as tmp:  # pins every FLAC file, byte for byte
+        tmp.write_text("".join(f"{hashlib.sha256((out / r['path']).read_bytes()).hexdigest()}  {r['path']}\n"
+                               for r in rows))
+    names = ["manifest.jsonl", *(f"{s}.jsonl" for s in SPLITS), "stats.json", "audio.sha256"]
     with atomic_output(out / "MANIFEST.sha256") as tmp:
         tmp.write_text("".join(f"{hashlib.sha256((out / n).read_bytes()).hexdigest()}  {n}\n" for n in names))
 
