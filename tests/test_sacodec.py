@@ -166,3 +166,27 @@ def test_chunked_encoding_and_decoding_equal_whole_file():
         np.testing.assert_array_equal(chunked.tokens[name], whole.tokens[name])
     torch.testing.assert_close(tokenizer.decode(whole)[0], tokenizer.decode(whole, chunked=False)[0],
                                atol=1e-5, rtol=0)
+
+
+def test_teacher_is_loaded_on_first_use_and_never_saved(tmp_path, monkeypatch):
+    from codecfw.plugins.semantic import anchoring
+
+    loads = []
+    real_load = anchoring.load_teacher
+    monkeypatch.setattr(anchoring, "load_teacher", lambda cfg: loads.append(cfg.model) or real_load(cfg))
+    codec = build_codec(tiny("semantic.codebook=null"))
+    # building and encoding/decoding never load the teacher: a shipped codec needs no teacher weights
+    codec.eval()
+    tokens = codec.encode(torch.randn(1, 1, 3200))
+    codec.decode(tokens, 3200)
+    assert loads == []
+    assert not any(k.startswith("semantic.teacher") or "_teacher" in k for k in codec.state_dict())
+    # the first training forward loads it (frozen, eval mode) and computes the anchoring loss
+    codec.train()
+    loss = codec.semantic(torch.randn(2, 1, 3200)).losses["anchoring"]
+    assert loads == ["tiny-random-hubert"] and loss > 0
+    assert not codec.semantic.teacher.training
+    assert not any(k.startswith("semantic.teacher") for k in codec.state_dict())
+    assert all(not n.startswith("teacher") for n, _ in codec.semantic.named_parameters())
+    codec.semantic(torch.randn(1, 1, 3200))
+    assert len(loads) == 1

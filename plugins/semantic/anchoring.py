@@ -17,7 +17,8 @@ for the same frames (mHuBERT-147 2nd iteration, layer 9 by default: the features
 built from), so the projector learns to land where the teacher's units live. Because the codebook is frozen and
 was fitted on the teacher's own features, all codes stay reachable: utilisation is logged to check that claim.
 
-The teacher is needed for training only; encoding and decoding run without it.
+The teacher is needed for training only: it is loaded on first use (the first training step, or clustering), kept
+outside the module tree and never saved in checkpoints, so encoding and decoding neither run nor load it.
 
 Licence: mHuBERT-147 weights and its faiss index are CC-BY-NC-SA-4.0 (non-commercial).
 """
@@ -94,13 +95,34 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         self.codebook = AnchorCodebook(cfg.codebook_size, cfg.teacher_dim, cfg.codebook_dim)
         if cfg.codebook:
             self.codebook.load(load_codebook_file(cfg.codebook), source=cfg.codebook)
-        self.teacher = self.reader = None
-        if cfg.teacher is not None:
-            self.teacher = load_teacher(cfg.teacher)
-            self.reader = HiddenStateReader(cfg.teacher, self.teacher, sample_rate)
-            if self.reader.dim != cfg.teacher_dim:
+        # The teacher is held outside the module tree: it is frozen, reloadable from its source, and needed only for
+        # the anchoring loss and clustering, so it is loaded on first use and never written into checkpoints. A
+        # codec built for encode/decode therefore never reads the teacher's weights (nor needs them on disk).
+        self._teacher: nn.Module | None = None
+        self.reader: HiddenStateReader | None = None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher (loaded on first access; ``None`` when ``semantic.teacher`` is null)."""
+        cfg = self.cfg
+        if cfg.teacher is None:
+            return None
+        if self._teacher is None:
+            teacher = load_teacher(cfg.teacher)
+            reader = HiddenStateReader(cfg.teacher, teacher, self.sample_rate)
+            if reader.dim != cfg.teacher_dim:
                 raise ValueError(f"semantic.teacher_dim is {cfg.teacher_dim} but the teacher {cfg.teacher.model!r} "
-                                 f"has hidden size {self.reader.dim}")
+                                 f"has hidden size {reader.dim}")
+            teacher.train(self.training and cfg.teacher.teacher_train_mode)
+            self.__dict__["_teacher"], self.reader = teacher, reader  # __dict__: not a submodule (see __init__)
+        return self._teacher
+
+    def _teacher_features(self, waveform: Tensor) -> Tensor:
+        teacher = self.teacher
+        param = next(teacher.parameters(), None)
+        if param is not None and param.device != waveform.device:
+            teacher.to(waveform.device)
+        return self.reader(teacher, waveform)
 
     def streams(self) -> list[TokenStream]:
         return [TokenStream("semantic", self.frame_rate, self.cfg.codebook_size)]
@@ -123,8 +145,8 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         probs = counts / counts.sum()
         metrics["semantic_usage"] = (counts > 0).float().mean()
         metrics["semantic_perplexity"] = torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())
-        if self.training and self.teacher is not None:
-            target = self.reader(self.teacher, waveform)  # B x D_teacher x T'
+        if self.training and self.cfg.teacher is not None:
+            target = self._teacher_features(waveform)  # B x D_teacher x T'
             target = F.interpolate(target, size=projected.shape[1], mode="linear", align_corners=False) \
                 if target.shape[-1] != projected.shape[1] else target
             losses["anchoring"] = F.mse_loss(projected, target.transpose(1, 2).to(projected.dtype))
@@ -137,9 +159,9 @@ class SemanticAnchoringFrontend(SemanticFrontend):
 
     def extract_features(self, waveform: Tensor) -> Tensor:
         """The teacher's features, Tensor[B x D_teacher x T]: what ``codecfw cluster`` fits the frozen codebook on."""
-        if self.teacher is None:
+        if self.cfg.teacher is None:
             raise ValueError("semantic.teacher is null: clustering needs the teacher whose units the codebook holds")
-        return self.reader(self.teacher, waveform)
+        return self._teacher_features(waveform)
 
     def chunk_policy(self):
         """Tokens depend on the conv encoder's receptive field only (the teacher never runs when encoding)."""
@@ -147,8 +169,8 @@ class SemanticAnchoringFrontend(SemanticFrontend):
 
     def train(self, mode: bool = True) -> SemanticAnchoringFrontend:
         super().train(mode)
-        if self.teacher is not None:  # the teacher is frozen: no dropout or masking on the anchoring target
-            self.teacher.train(mode and self.cfg.teacher.teacher_train_mode)
+        if self._teacher is not None:  # the teacher is frozen: no dropout or masking on the anchoring target
+            self._teacher.train(mode and self.cfg.teacher.teacher_train_mode)
         return self
 
 
