@@ -59,7 +59,8 @@ def load_codebook_file(path: str | Path) -> dict[str, Tensor]:
     """``centroids`` (and the optional ``rotation``/``rotation_bias``) from a codebook file (``.safetensors`` of
     ``codecfw cluster``, ``.npy`` [K x D]; see :func:`codecfw.core.clustering.codebook.read_codebook`) or a faiss
     ``.index``."""
-    if Path(path).suffix == ".index":
+    path = Path(path).expanduser()  # recipes name shared assets under ~ (e.g. ~/codecfw-assets/...)
+    if path.suffix == ".index":
         return import_faiss_index(path)
     return read_codebook(path, extra=("rotation", "rotation_bias"))
 
