@@ -48,7 +48,7 @@ def count(module: torch.nn.Module) -> float:
 def build(variant: str, extra: list[str]):
     from codecfw.core.codec import build_codec
     from codecfw.core.config import load_recipe
-    from codecfw.core.objectives import AdversarialObjective, DiscriminatorSet
+    from codecfw.core.training.objectives import AdversarialObjective, DiscriminatorSet
     from codecfw.core.registry import get_registry
     from codecfw.core.types import BuildContext
 
@@ -130,7 +130,7 @@ def quality(variant: str, extra: list[str], steps: int, train: str, valid: str, 
     reconstruct, which is what the long run's warm-up does before the discriminators start."""
     from codecfw.core.config import load_recipe
     from codecfw.core.registry import get_registry
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.trainer import Trainer
 
     torch.set_num_threads(threads)
     registry = get_registry()
@@ -146,7 +146,7 @@ def quality(variant: str, extra: list[str], steps: int, train: str, valid: str, 
         wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in open(Path(tmp) / "metrics.jsonl")]
     valid = [r for r in rows if r.get("split") == "valid"][-1]
-    return {"mel_distance": valid["valid/mel_distance"], "valid_mel_loss": valid.get("valid/loss/mel"),
+    return {"mel_distance": valid["valid/log_mel_l1"], "valid_mel_loss": valid.get("valid/loss/mel"),
             "wall_s": wall}
 
 

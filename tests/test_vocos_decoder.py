@@ -76,7 +76,7 @@ def test_decode_tokens_equals_the_training_path_in_eval():
 
 
 def test_chunked_decoding_equals_whole_file():
-    from codecfw.core.api import AudioTokenizer
+    from codecfw.core.tokenizer.api import AudioTokenizer
 
     tokenizer = AudioTokenizer.from_recipe(tiny(*NO_TEACHER), chunk_seconds=1.0)
     assert tokenizer.policy.exact
@@ -88,7 +88,7 @@ def test_chunked_decoding_equals_whole_file():
 
 def test_trains_adversarially_through_the_loop_and_checkpoint_round_trips(tmp_path):
     import codecfw
-    from codecfw.core.trainer import Trainer
+    from codecfw.core.training.trainer import Trainer
 
     recipe = tiny("semantic.codebook=null", "train.steps=2", "train.valid_every=2", "train.checkpoint_every=2",
                   "train.log_every=1", "train.valid_batches=1", "data.batch_size=2", "data.valid_clips=1",

@@ -107,7 +107,7 @@ class VocosISTFTDecoder(Decoder):
     def chunk_policy(self):
         """Chunks need the backbone's receptive field on each side: the embedding conv and every ConvNeXt block
         see ±3 frames, the iSTFT window ±n_fft/2 samples (rounded up to whole hops)."""
-        from codecfw.core.chunking import ChunkPolicy
+        from codecfw.core.tokenizer.chunking import ChunkPolicy
 
         frames = 3 * (self.cfg.num_layers + 1)
         samples = frames * self.istft_hop + self.n_fft
