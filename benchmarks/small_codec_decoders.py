@@ -146,8 +146,13 @@ def quality(variant: str, extra: list[str], steps: int, train: str, valid: str, 
         wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in open(Path(tmp) / "metrics.jsonl")]
     valid = [r for r in rows if r.get("split") == "valid"][-1]
+    train_rows = [r for r in rows if r.get("split") == "train"]
+    # the residual SimVQ path's drift (docs/sacodec.md): largest residual RMS in each window of 20 steps
+    drift = [round(max(r["metric/residual_rms"] for r in train_rows if s <= r["step"] < s + 20), 2)
+             for s in range(0, train_rows[-1]["step"], 20)] if "metric/residual_rms" in train_rows[-1] else []
     return {"mel_distance": valid["valid/log_mel_l1"], "valid_mel_loss": valid.get("valid/loss/mel"),
-            "wall_s": wall}
+            "wall_s": wall, "residual_rms_per_20_steps": drift,
+            "final_commitment": train_rows[-1].get("loss/commitment")}
 
 
 def main(argv: list[str] | None = None) -> None:
