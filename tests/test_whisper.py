@@ -181,10 +181,12 @@ def test_whisper_teacher_in_both_frontends_and_checkpoint_config(tiny_whisper_di
         codebook_size=8, teacher_dim=16, encoder_channels=4, latent_dim=8, projector_hidden=0,
         teacher={"model": str(tiny_whisper_dir), "layers": -1, "normalize": False}), 16000).eval()
     torch.testing.assert_close(anchoring.extract_features(x), out.extras["teacher_features"])
+    # the anchoring teacher is loaded on first use (never to encode/decode), so a wrong teacher_dim shows up there
+    wrong_dim = SemanticAnchoringFrontend(SemanticAnchoringConfig(
+        codebook_size=8, teacher_dim=32, encoder_channels=4, latent_dim=8,
+        teacher={"model": str(tiny_whisper_dir), "layers": -1}), 16000)
     with pytest.raises(ValueError, match="teacher_dim is 32 .* hidden size 16"):
-        SemanticAnchoringFrontend(SemanticAnchoringConfig(
-            codebook_size=8, teacher_dim=32, encoder_channels=4, latent_dim=8,
-            teacher={"model": str(tiny_whisper_dir), "layers": -1}), 16000)
+        wrong_dim.extract_features(x)
     with pytest.raises(ValueError, match="pad_to_window: applies to Whisper teachers only"):
         load_teacher(TeacherSettings(model="h", teacher_config={
             "model_type": "hubert", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1,
