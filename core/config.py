@@ -9,10 +9,17 @@ into an error. :func:`load_recipe` collects *every* error with its YAML path bef
 Composition rules:
 
 - ``include: base.yaml`` (or a list) merges this file over its bases, paths relative to the including file.
+  An included file must be a ``.yaml``/``.yml`` file below the folder of the recipe given on the command line or
+  that folder's parent (``ablations/x.yaml`` includes ``../base.yaml``), or a shipped recipe (``recipes/``, also by
+  name): a recipe cannot make codecfw read, or echo, any other file.
   Dicts merge key by key; anything else replaces. A slot whose ``kind`` changes is replaced whole, so an ablation
   that swaps ``acoustic.kind`` does not inherit the old kind's keys.
 - Overrides ``key.sub=value`` (values parsed as YAML, list items by index: ``losses.0.weight=2``) apply last, in
   order; ``acoustic.kind=other`` swaps the slot to that kind's defaults, and later overrides set its keys.
+
+Untrusted text: recipes and override values are read by a safe YAML loader with limits (file size, aliases, and
+the number of values after alias expansion), so an alias bomb is an error, not a hang; values quoted in error
+messages are shortened.
 """
 
 from __future__ import annotations
@@ -41,6 +48,21 @@ class PluginConfig(StrictModel):
     """Base for plugin configs. Subclasses declare ``kind: Literal["<kind>"] = "<kind>"``."""
 
     kind: str
+
+
+# Limits on untrusted recipe text (a real recipe is a few KiB with no aliases).
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_ALIASES = 256
+MAX_YAML_VALUES = 100_000
+MAX_CODEBOOK_SIZE = 1 << 24  # 16.7M entries: far above any published codec (SemantiCodec's largest is 32768)
+
+CodebookSize = Annotated[int, Field(gt=1, le=MAX_CODEBOOK_SIZE, description="entries of the codebook")]
+"""The type of every ``codebook_size`` setting: a huge value is a recipe error, not a failed allocation."""
+
+
+def clip_text(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters (values quoted in error messages may come from untrusted input)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class RecipeError(ValueError):
@@ -117,19 +139,44 @@ class TrainConfig(StrictModel):
     num_threads: int | None = Field(None, gt=0, description=(
         "CPU training: intra-op threads (torch.set_num_threads). None: torch's default (OMP_NUM_THREADS, else every "
         "core). Small models train faster on 1 thread and do not slow to a crawl when other jobs share the cores"))
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/Inf loss or gradient: 'stop' ends the run with a message, keeping the last good "
+                            "checkpoint; 'skip' leaves the weights and optimizer untouched for that turn and goes on")
 
 
 class RecipeBase(StrictModel):
-    name: str = "codec"
+    name: str = Field("codec", pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
+                      description="names the run directory runs/<name>-<hash>: letters, digits, . _ + -")
     description: str = ""
     sample_rate: int = Field(16000, gt=0)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     def config_hash(self) -> str:
-        """A short stable hash of the resolved recipe (run ids, token-file headers)."""
+        """A short stable hash of the resolved recipe (token-file headers, checkpoints)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def run_hash(self) -> str:
+        """The identity of a training run: the hash of the recipe without :data:`SESSION_SETTINGS`, the keys that
+        may change between the sessions of one run (how long and how fast it trains, how often it logs). So
+        ``codecfw train RECIPE train.steps=800`` finds and continues the 400-step run of ``RECIPE``."""
+        data = self.model_dump(mode="json")
+        for section, keys in SESSION_SETTINGS.items():
+            for key in keys:
+                (data.get(section) or {}).pop(key, None) if section else data.pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# Keys a resumed run takes from the new recipe (the trainer applies and logs changes); every other key defines the
+# run. Changing the model, the data, the batch, the seed, the precision or the objective starts another run.
+SESSION_SETTINGS: dict[str, tuple[str, ...]] = {
+    "": ("description",),
+    "train": ("steps", "lr", "discriminator_lr", "betas", "weight_decay", "warmup_steps", "schedule", "lr_decay",
+              "min_lr_ratio", "grad_clip", "log_every", "valid_every", "checkpoint_every", "keep_last", "run_dir",
+              "valid_batches", "nonfinite", "sync_buffers", "find_unused_parameters", "num_threads"),
+    "data": ("num_workers", "prefetch_factor", "pin_memory", "persistent_workers", "scan_cache", "valid_clips"),
+}
 
 
 _SLOT_FIELDS = {
@@ -190,16 +237,78 @@ def merge(base: Any, override: Any) -> Any:
     return copy.deepcopy(override)
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a budget: at most ``MAX_YAML_ALIASES`` aliases and ``MAX_YAML_VALUES`` merged
+    mapping entries (merge keys ``<<`` can double a mapping per level without any alias count to show for it)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_ALIASES} aliases (*name); a "
+                                                  f"recipe does not need that many", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def flatten_mapping(self, node: Any) -> None:
+        super().flatten_mapping(node)
+        if len(node.value) > MAX_YAML_VALUES:
+            raise yaml.constructor.ConstructorError(None, None, f"a mapping merges more than {MAX_YAML_VALUES} "
+                                                    f"entries (alias/merge-key expansion)", node.start_mark)
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """Values of ``data`` as a tree (an alias counts each time it is used); stops counting past ``limit``."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
+
+
+def parse_yaml(text: str) -> Any:
+    """Untrusted YAML text → plain data, or ``ValueError`` saying which limit it broke (see the module docstring)."""
+    try:
+        data = yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"not valid YAML: {clip_text(str(problem or exc).strip())}{where}") from None
+    if _count_values(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise ValueError(f"expands to more than {MAX_YAML_VALUES} values through its aliases (*name); refused "
+                         f"(a YAML alias bomb?)")
+    return data
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = (), roots: tuple[Path, ...] | None = None) -> dict[str, Any]:
     path = path.resolve()
     if path in chain:
         raise RecipeError(str(path), [f"include: cycle {' -> '.join(str(p) for p in (*chain, path))}"])
+    # The top-level recipe's folder and its parent (an ablations/ folder includes ../base.yaml, as the shipped
+    # recipes do), and the shipped recipes.
+    roots = roots or (path.parent.parent, RECIPES_DIR.resolve())
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RecipeError(str(path), [f"not valid YAML: {exc}"]) from exc
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(str(path), [f"<file>: {path.stat().st_size} bytes; a recipe is at most "
+                                          f"{MAX_RECIPE_BYTES} bytes"])
+        data = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise RecipeError(str(path), [f"<file>: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                                      f"{exc.start}); a recipe is a YAML text file"]) from None
+    except ValueError as exc:
+        if isinstance(exc, RecipeError):
+            raise
+        raise RecipeError(str(path), [str(exc)]) from None
     except OSError as exc:
-        raise RecipeError(str(path), [f"cannot read: {exc}"]) from exc
+        raise RecipeError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
     if not isinstance(data, dict):
         raise RecipeError(str(path), [f"<root>: expected a mapping of sections, got {type(data).__name__}"])
     includes = data.pop("include", None)
@@ -208,17 +317,31 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise RecipeError(str(path), [f"include: expected a path or a list of paths, got {includes!r}"])
+        raise RecipeError(str(path), [f"include: expected a path or a list of paths, got "
+                                      f"{clip_text(repr(includes))}"])
     merged: dict[str, Any] = {}
     for inc in includes:
-        inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
-        if not inc_path.is_file():
-            try:
-                inc_path = resolve_recipe_path(inc)
-            except FileNotFoundError:
-                raise RecipeError(str(path), [f"include: {inc!r} not found (looked in {path.parent} and {RECIPES_DIR})"])
-        merged = merge(merged, _read_yaml(inc_path, (*chain, path)))
+        merged = merge(merged, _read_yaml(_include_path(path, inc, roots), (*chain, path), roots))
     return merge(merged, data)
+
+
+def _include_path(including: Path, inc: str, roots: tuple[Path, ...]) -> Path:
+    """Where ``include: inc`` of ``including`` points, if it may be read: a ``.yaml``/``.yml`` file below one of
+    ``roots`` (relative to the including file, or a shipped recipe's name). Nothing outside is opened."""
+    shown = clip_text(repr(inc), 120)
+    candidates = [(including.parent / inc).resolve()]
+    if not Path(inc).is_absolute():
+        candidates += [(RECIPES_DIR / inc).resolve(), (RECIPES_DIR / f"{inc}.yaml").resolve()]
+    allowed = [c for c in candidates if any(c.is_relative_to(r) for r in roots)]
+    for candidate in allowed:
+        if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+            return candidate
+    if not allowed:
+        raise RecipeError(str(including), [f"include: {shown} resolves to {candidates[0]}, outside {roots[0]} (the "
+                                           f"recipe's folder and its parent) and the shipped recipes {RECIPES_DIR}; an include "
+                                           f"must stay there"])
+    raise RecipeError(str(including), [f"include: {shown} not found: expected a .yaml file in {including.parent} "
+                                       f"or a shipped recipe in {RECIPES_DIR}"])
 
 
 def _parse_key(part: str) -> str | int:
@@ -234,9 +357,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             errors.append(f"override {item!r}: expected key.sub=value")
             continue
         key, raw = item.split("=", 1)
+        item = clip_text(item, 120)  # quoted in the messages below
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+            value = parse_yaml(raw) if raw != "" else ""
+        except ValueError as exc:
+            if "valid YAML" not in str(exc):  # a limit, not a plain string that happens not to parse
+                errors.append(f"override {item!r}: value {exc}")
+                continue
             value = raw
         parts = [_parse_key(p) for p in key.strip().split(".") if p]
         if not parts:
@@ -401,6 +528,8 @@ def _describe(node: dict | None) -> str | None:
             bounds.append(f"{op} {node[key]}")
     if bounds:
         text += " " + " and ".join(bounds)
+    if "pattern" in node:
+        text += f" matching {node['pattern']}"
     if node.get("nullable"):
         text += " or null"
     return text
@@ -436,11 +565,12 @@ def format_validation_errors(exc: ValidationError, data: Any, model: type[BaseMo
             msg = "required key is missing"
         else:
             expected = _describe(_schema_at(schema, loc, data))
-            msg = f"expected {expected}, got {got!r}" if expected else f"{err['msg']}, got {got!r}"
+            shown = clip_text(repr(got))
+            msg = f"expected {expected}, got {shown}" if expected else f"{err['msg']}, got {shown}"
             if expected and etype not in {"int_parsing", "int_type", "float_parsing", "float_type", "string_type",
                                           "bool_parsing", "bool_type", "greater_than", "greater_than_equal",
                                           "less_than", "less_than_equal", "literal_error", "enum", "list_type",
                                           "dict_type", "int_from_float", "model_type", "model_attributes_type"}:
                 msg += f" ({err['msg']})"
-        lines.append(f"{path}: {msg}")
+        lines.append(f"{clip_text(path, 120)}: {msg}")
     return lines

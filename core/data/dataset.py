@@ -139,6 +139,9 @@ def read_manifest(path: str | os.PathLike) -> list[AudioEntry]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); a "
+                            f"manifest is a JSONL or CSV text file") from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         if reader.fieldnames is None or "path" not in [f.strip() for f in reader.fieldnames]:

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from codecfw import hookimpl
-from codecfw.core.config import PluginConfig
+from codecfw.core.config import CodebookSize, PluginConfig
 from codecfw.core.types import AcousticOutput, AcousticQuantizer, BuildContext, SemanticOutput, TokenStream
 
 #: LSTM depth of the official checkpoints per stack factor K (``config.py`` of the reference).
@@ -32,7 +32,7 @@ class BiLSTMEMAVQConfig(PluginConfig):
     kind: Literal["bilstm_ema_vq"] = "bilstm_ema_vq"
     lstm_layers: int | None = Field(None, gt=0, description="default: 4, 3, 2 for K = 1, 2, 4 (reference)")
     bidirectional: bool = True
-    codebook_size: int = Field(8192, gt=1)
+    codebook_size: CodebookSize = Field(8192)
     decay: float = Field(0.9, gt=0, lt=1, description="EMA decay of the codebook")
     commitment_weight: float = Field(1.0, ge=0)
     eps: float = Field(1e-5, gt=0, description="Laplace smoothing of the EMA cluster sizes")

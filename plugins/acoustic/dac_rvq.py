@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from codecfw import hookimpl
-from codecfw.core.config import PluginConfig
+from codecfw.core.config import CodebookSize, PluginConfig
 from codecfw.core.types import AcousticOutput, AcousticQuantizer, BuildContext, SemanticOutput, TokenStream
 
 from codecfw.plugins.nn.dac import DACEncoder
@@ -45,7 +45,7 @@ class DACRVQConfig(PluginConfig):
     concat_order: Literal["acoustic_first", "semantic_first"] = Field(
         "acoustic_first", description="X-Codec: acoustic first; X-Codec 2.0: semantic first")
     quantizer_dim: int | None = Field(None, gt=0, description="fusion output / codebook width; default D + semantic")
-    codebook_size: int = Field(1024, gt=1)
+    codebook_size: CodebookSize = Field(1024)
     bandwidths: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 4.0], min_length=1,
                                     description="kbps; the largest sets the number of quantizers")
     bits_per_codebook: float | None = Field(None, gt=0, description="bits a token for the bandwidth arithmetic; "

@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from codecfw import hookimpl
-from codecfw.core.config import PluginConfig
+from codecfw.core.config import CodebookSize, PluginConfig
 from codecfw.core.types import AcousticOutput, AcousticQuantizer, BuildContext, SemanticOutput, TokenStream
 from codecfw.plugins.nn.dac import Snake1d
 
@@ -48,7 +48,7 @@ class ResidualActivation(nn.Module):
 
 
 class _ResidualConfig(PluginConfig):
-    codebook_size: int = Field(65536, gt=1, description="entries of the single acoustic codebook")
+    codebook_size: CodebookSize = Field(65536, description="entries of the single acoustic codebook")
     code_dim: int = Field(256, gt=0, description="dimension the residual is quantized in")
     hidden: int = Field(512, gt=0, description="channels of the residual activation module")
     kernel_size: int = Field(3, gt=0)
@@ -66,7 +66,7 @@ class SimVQResidualConfig(_ResidualConfig):
 
 class EMAVQResidualConfig(_ResidualConfig):
     kind: Literal["ema_vq_residual"] = "ema_vq_residual"
-    codebook_size: int = Field(8192, gt=1)
+    codebook_size: CodebookSize = Field(8192)
     decay: float = Field(0.99, gt=0, lt=1)
     kmeans_init: bool = True
     threshold_ema_dead_code: float = Field(2.0, ge=0, description="revive codes whose EMA usage falls below this")

@@ -33,7 +33,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from codecfw import hookimpl
-from codecfw.core.config import PluginConfig
+from codecfw.core.config import CodebookSize, PluginConfig
 from codecfw.core.types import SemanticFrontend, SemanticOutput, TokenStream
 from codecfw.plugins.nn.dac import DACEncoder, convolutional_chunk_policy
 from codecfw.plugins.semantic.anchor_codebook import AnchorCodebook, load_codebook_file
@@ -56,7 +56,7 @@ class SemanticAnchoringConfig(PluginConfig):
     kind: Literal["semantic_anchoring"] = "semantic_anchoring"
     codebook: str | None = Field(None, description="centroids: codecfw cluster .safetensors, .npy [K x D] or the "
                                                    "mHuBERT faiss .index; None = random (tests, before clustering)")
-    codebook_size: int = Field(16384, gt=1)
+    codebook_size: CodebookSize = Field(16384)
     teacher_dim: int = Field(768, gt=0, description="feature dimension of the teacher (mHuBERT base: 768)")
     codebook_dim: int | None = Field(None, gt=0, description="centroid dimension when they live in a rotated space "
                                                             "(64 for the mHuBERT faiss OPQ index); None = teacher_dim")
