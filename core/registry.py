@@ -33,6 +33,11 @@ from . import hookspecs
 from .hookspecs import SLOT_HOOKS
 
 ENTRY_POINT_GROUP = "codecfw.plugins"
+BUILTIN_DISTRIBUTION = "codecfw"
+
+
+def _dist_name(ep: Any) -> str:
+    return ep.dist.name if getattr(ep, "dist", None) is not None else ""
 
 
 class PluginError(RuntimeError):
@@ -110,14 +115,18 @@ class Registry:
             return
         allow = _env_list("CODECFW_LOAD_PLUGINS")
         block = set(_env_list("CODECFW_DISABLE_PLUGINS") or [])
-        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
+        # codecfw's own plugins load first: a third party that registers a built-in kind, or reuses a built-in
+        # entry-point name, is the failed duplicate (naming both), never the one that silently replaces it.
+        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP),
+                     key=lambda e: (_dist_name(e) != BUILTIN_DISTRIBUTION, _dist_name(e), e.name))
         for ep in eps:
             dist = ep.dist.name if ep.dist is not None else "<unknown>"
             version = ep.dist.version if ep.dist is not None else "?"
             info = PluginInfo(name=ep.name, distribution=dist, version=version, module=ep.value)
             if ep.name in self.plugins:  # the same entry point name from two distributions
                 other = self.plugins[ep.name]
-                self._fail(info, f"entry point name {ep.name!r} is also used by {other.distribution} {other.version}")
+                self._fail(info, f"entry point name {ep.name!r} of {dist} {version} is also used by "
+                                 f"{other.distribution} {other.version}")
                 self.plugins[f"{ep.name}@{dist}"] = info
                 continue
             self.plugins[ep.name] = info

@@ -181,8 +181,10 @@ def test_third_party_packages_load_and_broken_one_is_reported(third_party_site):
 def test_third_party_quantizer_validates_and_builds_in_a_recipe(third_party_site, tmp_path):
     """A recipe that uses the third-party kind next to built-in slots validates and builds."""
     recipe = tmp_path / "fsq.yaml"
-    recipe.write_text("include: " + str(Path(__file__).parent / "fixtures" / "recipes" / "builtin_tiny.yaml")
-                      + "\nacoustic:\n  kind: example_fsq\n  levels: [8, 8]\n")
+    # an include stays beside the recipe (or in the shipped recipes): the base is copied next to it
+    (tmp_path / "builtin_tiny.yaml").write_text((Path(__file__).parent / "fixtures" / "recipes" / "builtin_tiny.yaml")
+                                                .read_text())
+    recipe.write_text("include: builtin_tiny.yaml\nacoustic:\n  kind: example_fsq\n  levels: [8, 8]\n")
     env = {"PYTHONPATH": str(third_party_site), "CODECFW_DISABLE_PLUGINS": "broken"}
     result = _cli("validate", "--build", str(recipe), env_extra=env)
     assert result.returncode == 0, result.stdout + result.stderr

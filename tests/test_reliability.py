@@ -328,7 +328,6 @@ def _foreign_plugin(kind: str):
     return module
 
 
-@TODO
 @pytest.mark.parametrize("attack", ["same kind", "same entry-point name"])
 def test_07_a_foreign_plugin_cannot_replace_a_builtin_kind(monkeypatch, attack):
     from codecfw.core.registry import Registry
