@@ -191,7 +191,6 @@ def test_02_second_training_on_a_run_directory_is_refused_and_touches_nothing(co
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@TODO
 def test_03_a_token_header_claiming_1e15_samples_is_refused_before_allocation(tmp_path):
     path = tmp_path / "bomb.cfwt"
     path.write_bytes(rewrite_header(small_token_file().to_bytes(), set_key(num_samples=10 ** 15)))
@@ -455,13 +454,13 @@ def test_10_a_full_disk_during_a_checkpoint_names_the_file_and_leaves_no_temp_fi
 
 
 @pytest.mark.parametrize("mutate, key", [
-    pytest.param(set_key(sample_rate=0), "sample_rate", marks=TODO),
-    pytest.param(set_key(sample_rate=-16000), "sample_rate", marks=TODO),
-    pytest.param(set_key(num_samples=0), "num_samples", marks=TODO),
-    pytest.param(set_key(num_samples=-5), "num_samples", marks=TODO),
+    (set_key(sample_rate=0), "sample_rate"),
+    (set_key(sample_rate=-16000), "sample_rate"),
+    (set_key(num_samples=0), "num_samples"),
+    (set_key(num_samples=-5), "num_samples"),
     (set_key(frame_rate=-50.0), "frame_rate"),
     (set_key(codebook_size=0), "codebook_size"),
-    pytest.param(lambda h: h[:-1] + b',"metadata":' + b"[" * 100000 + b"]" * 100000 + b"}", "nested", marks=TODO),
+    (lambda h: h[:-1] + b',"metadata":' + b"[" * 100000 + b"]" * 100000 + b"}", "nested"),
 ])
 def test_11_odd_token_headers_are_refused_naming_the_key(tmp_path, mutate, key):
     path = tmp_path / "odd.cfwt"
@@ -470,7 +469,6 @@ def test_11_odd_token_headers_are_refused_naming_the_key(tmp_path, mutate, key):
         TokenFile.load(path)
 
 
-@TODO
 def test_11_decode_and_export_skip_an_odd_file_and_do_the_others(tmp_path, registry, capsys):
     ckpt = save_toy(tmp_path / "run", registry)
     tone(tmp_path / "in" / "a.wav")

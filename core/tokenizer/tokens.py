@@ -13,7 +13,10 @@ Layout (all integers little-endian)::
     16+H+P  4     CRC-32 (u32) of every byte before it
 
 Each stream in the header records ``name``, ``frame_rate``, ``codebook_size``, ``bits``, ``length`` (tokens) and
-``nbytes``, so a reader checks the file size before it trusts a single token. Errors say *which* failure happened:
+``nbytes``, so a reader checks the file size before it trusts a single token. Every header value is checked against
+its range before anything is allocated from it (:func:`check_header`): a sample rate in [1, 10⁶] Hz, positive frame
+rates and codebook sizes, and a ``num_samples`` of at least 1 that the tokens can account for (at most twice the
+duration of the longest stream, plus a second), so a 1 KiB file cannot make a decoder allocate terabytes. Errors say *which* failure happened:
 :class:`TokenFileCorrupt` for a truncated, damaged or malformed file, :class:`TokenFileMismatch` for tokens written
 by another codec (config hash or stream layout differ). Files are written atomically (temp file + ``os.replace``).
 """
@@ -39,6 +42,8 @@ SUFFIX = ".cfwt"
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _CRC = struct.Struct("<I")
 _MAX_HEADER = 16 << 20
+MAX_SAMPLE_RATE = 1_000_000
+MAX_CODEBOOK_SIZE = 1 << 32
 _BLOCK = 1 << 16  # tokens packed per block: bounds the temporary bit arrays (multiple of 8 keeps byte alignment)
 
 
@@ -217,6 +222,8 @@ class TokenFile:
             header = json.loads(data[_PREFIX.size:head_end])
             streams_meta = header["streams"]
             payload = sum(int(s["nbytes"]) for s in streams_meta)
+        except RecursionError:
+            raise TokenFileCorrupt(path, "malformed header: JSON nested too deeply") from None
         except (ValueError, KeyError, TypeError) as exc:
             # An unparsable header is damage unless the checksum says otherwise (then it is a writer bug).
             stored = _CRC.unpack_from(data, len(data) - _CRC.size)[0]
@@ -235,6 +242,7 @@ class TokenFile:
         if stored != computed:
             raise TokenFileCorrupt(path, f"damaged: checksum mismatch (stored crc32 {stored:08x}, computed "
                                          f"{computed:08x}); the file was modified or corrupted")
+        check_header(header, path)
         try:
             streams, tokens, offset = [], {}, head_end
             for meta in streams_meta:
@@ -258,6 +266,37 @@ class TokenFile:
         except OSError as exc:
             raise TokenFileError(path, f"cannot read: {exc.strerror or exc}") from None
         return cls.from_bytes(data, path)
+
+
+def _integer(value: Any, key: str, low: int, high: int, path: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise TokenFileCorrupt(path, f"malformed header: {key} must be an integer in [{low}, {high}], got "
+                                     f"{str(value)[:40]!r}")
+    return value
+
+
+def check_header(header: Any, path: str | os.PathLike | None = None) -> None:
+    """Raise :class:`TokenFileCorrupt` naming the key unless every header value is in range (module docstring)."""
+    if not isinstance(header, dict) or not isinstance(header.get("streams"), list) or not header["streams"]:
+        raise TokenFileCorrupt(path, "malformed header: expected a JSON object with a non-empty 'streams' list")
+    sample_rate = _integer(header.get("sample_rate"), "sample_rate", 1, MAX_SAMPLE_RATE, path)
+    seconds = 0.0
+    for i, meta in enumerate(header["streams"]):
+        if not isinstance(meta, dict):
+            raise TokenFileCorrupt(path, f"malformed header: streams[{i}] must be an object")
+        rate = meta.get("frame_rate")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= sample_rate:
+            raise TokenFileCorrupt(path, f"malformed header: streams[{i}].frame_rate must be in (0, sample_rate], "
+                                         f"got {str(rate)[:40]!r}")
+        _integer(meta.get("codebook_size"), f"streams[{i}].codebook_size", 1, MAX_CODEBOOK_SIZE, path)
+        length = _integer(meta.get("length"), f"streams[{i}].length", 0, 1 << 48, path)
+        seconds = max(seconds, (length + 1) / rate)
+    limit = int((2 * seconds + 1) * sample_rate)
+    num_samples = header.get("num_samples")
+    _integer(num_samples, "num_samples", 1, 1 << 48, path)
+    if num_samples > limit:
+        raise TokenFileCorrupt(path, f"malformed header: num_samples {num_samples} ({num_samples / sample_rate:.4g} "
+                                     f"s) is more than the tokens encode ({seconds:.4g} s at most)")
 
 
 def _to_numpy(values: Any) -> np.ndarray:
