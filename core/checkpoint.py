@@ -13,11 +13,21 @@ directory is atomic on POSIX), so a crash mid-write leaves a ``.tmp-*`` folder t
 half checkpoint that a resume would trust. ``best.json`` points at the checkpoint with the lowest validation loss;
 pruning keeps the last ``keep_last`` checkpoints plus that one. ``state.pt`` holds only tensors and plain containers
 and is read with ``torch.load(weights_only=True)``; weights are safetensors.
+
+A checkpoint whose ``meta.json`` cannot be read is skipped with a warning (the previous one is used); an unreadable
+``best.json`` is ignored with a warning. A failed write (disk full, ...) removes its temporary folder and raises
+:class:`CheckpointWriteError` naming the checkpoint, the file and the reason; the earlier checkpoints stay.
+``RUN/checkpoints/best`` and ``RUN/checkpoints/latest`` name the best and the latest checkpoint of a run.
+
+One training per run directory: :func:`lock_run_dir` takes an exclusive ``flock`` on ``RUN/.lock`` for as long as
+the trainer lives; a second one fails at once with :class:`RunDirectoryInUse` naming the holder's PID.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -38,6 +48,60 @@ if TYPE_CHECKING:
 FORMAT = "codecfw-checkpoint"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+ALIASES = ("best", "latest")  # RUN/checkpoints/best, RUN/checkpoints/latest
+
+log = logging.getLogger("codecfw.checkpoint")
+_warned: set[str] = set()
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or weights file) cannot be used; the message names the file and what was expected."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, ...); nothing of it is left, earlier checkpoints are kept."""
+
+
+class RunDirectoryInUse(RuntimeError):
+    """Another process trains in this run directory."""
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("%s", message)
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN/.lock``, held until :meth:`release` (or the process ends: the kernel drops
+    flock locks with the file descriptor, so a SIGKILLed training never leaves a stale lock)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        import fcntl
+
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            self._fd = None
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RunDirectoryInUse(f"run directory {Path(run_dir)} is in use by PID {holder} (another codecfw "
+                                        f"train); wait for it to end, or give another --run-dir") from None
+            raise
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def lock_run_dir(run_dir: str | Path) -> RunLock:
+    return RunLock(run_dir)
 
 
 def checkpoint_name(step: int) -> str:
@@ -57,18 +121,22 @@ def save_weights(tensors_or_module: nn.Module | dict[str, Tensor], path: Path, m
 
 def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
     """Load safetensors weights into ``module``; a clear error names the file and the mismatched keys."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
-    state = load_file(str(path))
+    state = read_safetensors(path)
     own = module.state_dict()
     shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
               if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if shapes:
-        raise ValueError(f"{path}: {len(shapes)} tensor(s) have another shape than the model's, e.g. "
-                         + "; ".join(shapes[:3]))
+        raise CheckpointError(f"{path}: {len(shapes)} tensor(s) have another shape than the model's, e.g. "
+                              + "; ".join(shapes[:3]))
+    # load_state_dict casts silently: int8 (quantized) weights would load into a float model as garbage
+    kinds = [f"{k}: file {v.dtype} vs model {own[k].dtype}".replace("torch.", "") for k, v in state.items()
+             if k in own and _dtype_kind(v.dtype) != _dtype_kind(own[k].dtype)]
+    if kinds:
+        raise CheckpointError(f"{path}: {len(kinds)} tensor(s) have another kind of dtype than the model's, e.g. "
+                              + "; ".join(kinds[:3]))
     # save_model drops tied duplicates; tensors sharing storage in the model are filled through their twin.
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -81,6 +149,58 @@ def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> tu
     return missing, unexpected
 
 
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "int"
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """All tensors of a safetensors file; anything else (truncated, empty, another format) is a
+    :class:`CheckpointError` naming the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, and whatever a damaged header provokes
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(f"{path}: not a readable safetensors file ({size} bytes; "
+                              f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}); expected "
+                              f"weights written by codecfw or safetensors") from None
+
+
+def load_tensor_pickle(path: str | Path, **kwargs: Any) -> Any:
+    """``torch.load(path, weights_only=True)`` for formats that force it (training state, official ``.ckpt``/
+    ``.pth`` checkpoints). A file holding other objects is a :class:`CheckpointError` naming it: codecfw never
+    unpickles anything else, whatever the file claims to be."""
+    import pickle
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=kwargs.pop("map_location", "cpu"), weights_only=True, **kwargs)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        detail = re.sub(r"\s*\(?[^.]*weights_only=False.*$", "", first)[:200]
+        raise CheckpointError(f"{path}: refused: it holds Python objects other than tensors and plain containers, "
+                              f"which codecfw never unpickles ({detail or 'unsupported object'}); if you trust it, "
+                              f"convert it to safetensors on a machine you trust") from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch file ({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})") from None
+
+
+def _write_error(final: Path, current: Path, exc: BaseException) -> CheckpointWriteError:
+    code = getattr(exc, "errno", None)
+    if code is None:  # safetensors and torch's C++ writers report errno in their text only
+        m = re.search(r"os error (\d+)|code: (\d+)", str(exc))
+        code = int(m.group(1) or m.group(2)) if m else None
+    reason = os.strerror(code) if code else (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return CheckpointWriteError(code or errno.EIO, f"{final}: cannot write the checkpoint ({current.name}): "
+                                                   f"{reason}; the earlier checkpoints are kept")
+
+
 def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, nn.Module | dict[str, Tensor]],
                     meta: dict[str, Any], state: dict[str, Any]) -> Path:
     """Write ``checkpoints/step-XXXXXXXX`` atomically and return its path.
@@ -88,14 +208,22 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, nn.Module
     weights : ``{"model": codec, "ema": {...}, "discriminator": module}`` → ``<key>.safetensors``.
     """
     final = Path(run_dir) / "checkpoints" / checkpoint_name(step)
-    # the same step may be saved twice (e.g. best, then periodic): atomic_folder swaps the old copy out
-    with atomic_folder(final) as tmp:
-        for key, value in weights.items():
-            save_weights(value, tmp / f"{key}.safetensors", metadata={"format": FORMAT, "step": str(step)})
-        torch.save(state, tmp / "state.pt")
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "saved_at": time.time(),
-                "files": sorted(f"{k}.safetensors" for k in weights) + ["state.pt"], **meta}
-        _write_meta(tmp, meta)
+    current = final
+    try:
+        # the same step may be saved twice (e.g. best, then periodic): atomic_folder swaps the old copy out
+        with atomic_folder(final) as tmp:
+            for key, value in weights.items():
+                current = tmp / f"{key}.safetensors"
+                save_weights(value, current, metadata={"format": FORMAT, "step": str(step)})
+            current = tmp / "state.pt"
+            with open(current, "wb") as f:  # a Python file: a short write raises OSError with its errno
+                torch.save(state, f)
+            meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "step": step, "saved_at": time.time(),
+                    "files": sorted(f"{k}.safetensors" for k in weights) + ["state.pt"], **meta}
+            current = tmp / "meta.json"
+            _write_meta(tmp, meta)
+    except Exception as exc:  # atomic_folder has removed the temporary folder
+        raise _write_error(final, current, exc) from exc
     return final
 
 
@@ -118,12 +246,19 @@ def save_codec_folder(folder: str | Path, state_dict: dict[str, Tensor], recipe:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Complete checkpoints with a readable ``meta.json``, oldest first (others are skipped with a warning)."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))
-             and (p / "meta.json").is_file()]
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and (m := _STEP_DIR.match(p.name)) and (p / "meta.json").is_file():
+            try:
+                read_meta(p)
+            except ValueError as exc:
+                _warn_once(str(p / "meta.json"), f"skipping checkpoint {p}: {exc}")
+                continue
+            found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
 
 
@@ -133,9 +268,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def remove_incomplete(run_dir: str | Path) -> list[Path]:
-    """Remove leftovers of writes a crash interrupted (``.tmp-*``/``.old-*`` folders)."""
+    """Remove leftovers of writes a crash interrupted (``.tmp-*``/``.old-*`` folders, ``.<file>.tmp-*`` files).
+    Call it only while holding the run directory's lock: the leftovers could otherwise be another run's writes."""
     root = Path(run_dir) / "checkpoints"
     removed = []
+    for p in Path(run_dir).glob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+        removed.append(p)
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith((".tmp-", ".old-")):
@@ -145,8 +284,19 @@ def remove_incomplete(run_dir: str | Path) -> list[Path]:
 
 
 def read_best(run_dir: str | Path) -> dict[str, Any] | None:
+    """``best.json``, or None when there is none or it cannot be read (warned; the caller falls back)."""
     path = Path(run_dir) / "checkpoints" / "best.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        best = json.loads(path.read_text())
+        if not isinstance(best, dict) or not isinstance(best.get("checkpoint"), str) \
+                or not _STEP_DIR.match(best["checkpoint"]):
+            raise ValueError("expected {\"checkpoint\": \"step-XXXXXXXX\", ...}")
+    except (OSError, ValueError) as exc:
+        _warn_once(str(path), f"ignoring {path}: not readable ({str(exc)[:200]})")
+        return None
+    return best
 
 
 def mark_best(run_dir: str | Path, checkpoint: Path, valid_loss: float) -> None:
@@ -191,9 +341,9 @@ def read_state_dict(path: str | Path, allow_wrapper: tuple[str, ...] = ("state_d
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) serialization
     except pickle.UnpicklingError as exc:
-        raise pickle.UnpicklingError(
+        raise CheckpointError(
             f"{path}: holds objects other than tensors, which codecfw does not unpickle (weights_only=True): "
-            f"{str(exc).splitlines()[0]}. On a machine you trust, save its state dict with safetensors.") from None
+            f"{str(exc).splitlines()[0][:200]}. On a machine you trust, save its state dict with safetensors.") from None
     for key in allow_wrapper:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -205,15 +355,40 @@ def read_state_dict(path: str | Path, allow_wrapper: tuple[str, ...] = ("state_d
 
 def load_state(checkpoint: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The training state; ``weights_only=True``: nothing in it can run code."""
-    return torch.load(Path(checkpoint) / "state.pt", map_location=map_location, weights_only=True)
+    state = load_tensor_pickle(Path(checkpoint) / "state.pt", map_location=map_location)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{Path(checkpoint) / 'state.pt'}: expected a dict of training state")
+    return state
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint ``best.json`` names, when it is readable and still there."""
+    best = read_best(run_dir)
+    found = Path(run_dir) / "checkpoints" / best["checkpoint"] if best else None
+    return found if found is not None and (found / "meta.json").is_file() else None
+
+
+def is_alias(path: str | Path) -> bool:
+    """``RUN/checkpoints/best`` or ``RUN/checkpoints/latest`` (names, not folders)."""
+    path = Path(path)
+    return path.name in ALIASES and path.parent.name == "checkpoints" and not path.exists()
 
 
 def resolve_run_checkpoint(path: Path) -> Path:
-    """A run directory → its best checkpoint, else its latest; any other path is returned unchanged."""
+    """A run directory → its best checkpoint, else its latest; ``RUN/checkpoints/best`` and ``.../latest`` → that
+    checkpoint; any other path is returned unchanged."""
+    path = Path(path)
+    if is_alias(path):
+        run = path.parent.parent
+        found = best_checkpoint(run) if path.name == "best" else latest_checkpoint(run)
+        if found is None:
+            raise FileNotFoundError(f"{path}: {run} has no {path.name} checkpoint"
+                                    + (" (no validation has run yet; use checkpoints/latest)" if path.name == "best"
+                                       else ""))
+        return found
     if not (path / "checkpoints").is_dir():
         return path
-    best = read_best(path)
-    found = path / "checkpoints" / best["checkpoint"] if best else latest_checkpoint(path)
+    found = best_checkpoint(path) or latest_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"{path}: a run directory without any complete checkpoint")
     return found
@@ -224,6 +399,9 @@ def resolve_weights_file(path: str | Path, prefer_ema: bool = True) -> tuple[Pat
     ``.safetensors`` file. Returns (model weights, EMA weights or None)."""
     path = Path(path)
     if path.is_file():
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: expected a .safetensors weights file, a checkpoint folder or a run "
+                                  f"directory")
         return path, None
     path = resolve_run_checkpoint(path)
     model = path / "model.safetensors"
@@ -236,12 +414,10 @@ def resolve_weights_file(path: str | Path, prefer_ema: bool = True) -> tuple[Pat
 
 def load_codec_weights(codec: nn.Module, path: str | Path, prefer_ema: bool = True, strict: bool = True) -> Path:
     """Load a checkpoint's codec weights (the EMA weights over them when present and ``prefer_ema``)."""
-    from safetensors.torch import load_file
-
     model_file, ema_file = resolve_weights_file(path, prefer_ema)
     load_weights(codec, model_file, strict=strict)
     if ema_file is not None:
-        shadow = load_file(str(ema_file))
+        shadow = read_safetensors(ema_file)
         params = dict(codec.named_parameters())
         with torch.no_grad():
             for name, value in shadow.items():
@@ -253,10 +429,6 @@ def load_codec_weights(codec: nn.Module, path: str | Path, prefer_ema: bool = Tr
 # ---------------------------------------------------------------------------------------------------------------
 # Loading a codec (codecfw.load, codecfw eval, pretrained names)
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder cannot be loaded; the message names the file and the problem."""
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:

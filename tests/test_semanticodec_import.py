@@ -160,7 +160,7 @@ def test_missing_files_and_unsafe_pickles(tmp_path):
 
     assert main(["import", "semanticodec", "--source", str(tmp_path), "--token-rate", "25",
                  "-o", str(tmp_path / "x")]) == 1
-    assert main(["import", "semanticodec", "--source", "./no/such/folder", "-o", str(tmp_path / "x")]) == 1
+    assert main(["import", "semanticodec", "--source", "./no/such/folder", "-o", str(tmp_path / "x")]) == 2
 
     class Payload:
         def __reduce__(self):

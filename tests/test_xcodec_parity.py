@@ -199,5 +199,5 @@ def test_import_command(hf_model, tmp_path, capsys):
     codec, recipe, _ = load_checkpoint(tmp_path / "ckpt")
     assert recipe.acoustic.strides == [8, 5, 4, 2] and recipe.data.gain == pytest.approx(0.95)
     assert_same_weights(codec, hf_model)
-    assert main(["import", "xcodec", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x")]) == 1
+    assert main(["import", "xcodec", str(tmp_path / "missing.pth"), "-o", str(tmp_path / "x")]) == 2
     assert "missing.pth" in capsys.readouterr().err

@@ -65,9 +65,9 @@ def run(args) -> int:
         else:
             reg = registry.get("importer", opts.source)
             out = reg.build(reg.config(), opts)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # the input cannot be converted: a usage error
         print(f"{PROG} {opts.source}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -3,9 +3,16 @@
     codecfw train recipes/xcodec.yaml train.steps=2000 [--run-dir DIR] [--init-from CKPT] [--device cuda]
     torchrun --nproc_per_node 4 -m codecfw.core.cli train recipes/xcodec.yaml
 
-The run directory defaults to ``runs/<name>-<config hash>``: the same recipe and overrides find their run again and
-continue from its latest checkpoint. ``--init-from`` loads weights only (a checkpoint folder, a run directory or a
-``.safetensors`` file) and is ignored once the run directory holds a checkpoint of its own.
+The run directory defaults to ``runs/<name>-<run hash>``: the same recipe and overrides find their run again and
+continue from its latest checkpoint. The hash leaves out session settings such as ``train.steps`` and ``train.lr``,
+so ``codecfw train RECIPE train.steps=800`` continues a finished 400-step run (changed settings are applied and
+logged). Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and exits with 130 or 143. ``--init-from``
+loads weights only (a checkpoint folder such as ``RUN/checkpoints/best``, a run directory or a ``.safetensors``
+file) and is ignored once the run directory holds a checkpoint of its own.
+
+Exit status: 0 done; 1 the run stopped (non-finite loss with ``train.nonfinite: stop``, disk full), its last
+checkpoint kept; 2 the recipe, the data, the checkpoint or the arguments are wrong (nothing was trained, no run
+folder is left behind), or the run directory is in use by another training.
 """
 
 from __future__ import annotations
@@ -44,18 +51,25 @@ def run(args) -> int:
     except (RecipeError, FileNotFoundError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    from ..checkpoint import CheckpointError, RunDirectoryInUse
+    from ..data import ManifestError, NoUsableAudioError
+    from ..training.trainer import NonFiniteLossError, TrainingInterrupted, TrainSetupError
+
     trainer = Trainer(recipe, registry=registry, run_dir=args.run_dir, device=args.device,
                       init_from=args.init_from, progress=not args.no_progress)
     try:
         trainer.setup()
         summary = trainer.train()
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        from ..data.dataset import ManifestError, NoUsableAudioError
-
-        if isinstance(exc, (ManifestError, NoUsableAudioError, FileNotFoundError)):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except (TrainSetupError, ManifestError, NoUsableAudioError, FileNotFoundError, CheckpointError,
+            RunDirectoryInUse) as exc:  # the recipe, the data or the arguments: nothing was trained
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (NonFiniteLossError, OSError) as exc:  # the run stopped; its last checkpoint is kept
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signal
     finally:
         trainer.close()
         shutdown_distributed()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint_dir  # noqa: F401 - part of this API
+from ..checkpoint import CheckpointError, is_alias, load_checkpoint, resolve_checkpoint_dir  # noqa: F401 - this API
 from ..codec import Codec, build_codec
 from ..config import RecipeBase
 from ..data.audio import Mixdown, resample, to_mono
@@ -54,7 +54,7 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
     (``codecfw plugins`` lists them under ``pretrained``; downloads through huggingface_hub when online)."""
     registry = registry or get_registry()
     path = Path(name_or_path)
-    if path.exists():
+    if path.exists() or is_alias(path):
         codec, recipe, meta = load_checkpoint(path, registry, prefer_ema)
         codec_id = recipe.name
         info = {"checkpoint": str(resolve_checkpoint_dir(path)), "step": meta.get("step")}

@@ -108,7 +108,10 @@ def weighted_slot_losses(output, weights: dict[str, float]) -> StepResult:
 
 
 class Objective:
-    """Base: the codec (possibly DDP-wrapped) and the weights of the slots' losses."""
+    """Base: the codec (possibly DDP-wrapped) and the weights of the slots' losses.
+
+    An objective builds what it trains besides the codec (:meth:`from_recipe`), lists it per turn
+    (:meth:`trained_modules`) and is handed the DDP-wrapped versions by the loop (:meth:`use_wrapped`)."""
 
     kind: str = ""
     current_step: int = 0
@@ -116,6 +119,22 @@ class Objective:
     def __init__(self, codec: nn.Module, loss_weights: dict[str, float]) -> None:
         self.codec = codec
         self.loss_weights = dict(loss_weights)
+
+    @classmethod
+    def from_recipe(cls, codec: nn.Module, recipe, registry) -> "Objective":
+        """The objective of ``recipe`` for ``codec`` (unwrapped), with everything it needs built."""
+        return cls(codec, recipe.train.loss_weights)
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """``{turn: module}`` of the modules other than the codec that a turn optimizes (unwrapped)."""
+        return {}
+
+    def to(self, device: torch.device) -> "Objective":
+        return self
+
+    def use_wrapped(self, codec: nn.Module, wrapped: dict[str, nn.Module]) -> None:
+        """The loop's (DDP-)wrapped codec and :meth:`trained_modules`, used from now on in :meth:`step`."""
+        self.codec = codec
 
     def turns(self, step: int) -> tuple[str, ...]:
         return ("generator",)
@@ -209,6 +228,38 @@ class AdversarialObjective(Objective):
         self.gan_loss = gan_loss
         self.discriminator_start = discriminator_start
         self._generated: deque[Tensor] = deque()  # detached ŷ of this step's micro-batches, generator → discriminator
+
+    @classmethod
+    def from_recipe(cls, codec: nn.Module, recipe, registry) -> "AdversarialObjective":
+        """Builds the recipe's ``discriminators`` (as one :class:`DiscriminatorSet`) and ``losses``."""
+        from ..types import BuildContext
+
+        if not recipe.discriminators:
+            raise ValueError(f"decoder {recipe.decoder.kind!r} trains adversarially: the recipe needs "
+                             f"'discriminators: [{{kind: ...}}]'")
+        ctx = BuildContext(sample_rate=recipe.sample_rate)
+        discriminator = DiscriminatorSet([registry.build("discriminator", c, ctx) for c in recipe.discriminators])
+        losses: dict[str, tuple[nn.Module, float]] = {}
+        for i, c in enumerate(recipe.losses):
+            if not hasattr(c, "weight"):
+                raise ValueError(f"losses.{i} ({c.kind}): a loss config needs a 'weight' field")
+            name = c.kind if c.kind not in losses else f"{c.kind}_{i}"
+            losses[name] = (registry.build("loss", c, ctx), float(c.weight))
+        cfg = recipe.train
+        return cls(codec, discriminator, discriminator, losses, cfg.loss_weights, cfg.gan_loss,
+                   cfg.discriminator_start)
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        return {"discriminator": self.discriminator_module}
+
+    def to(self, device: torch.device) -> "AdversarialObjective":
+        self.discriminator_module.to(device)
+        for module, _ in self.losses.values():
+            module.to(device)
+        return self
+
+    def use_wrapped(self, codec: nn.Module, wrapped: dict[str, nn.Module]) -> None:
+        self.codec, self.discriminator = codec, wrapped["discriminator"]
 
     def turns(self, step: int) -> tuple[str, ...]:
         return ("generator", "discriminator") if step >= self.discriminator_start else ("generator",)
@@ -324,9 +375,17 @@ def validate(objective: Objective, codec: nn.Module, loader, device: torch.devic
     return results, clips
 
 
+OBJECTIVES: dict[str, type[Objective]] = {"diffusion": DiffusionObjective, "adversarial": AdversarialObjective}
+
+
+def objective_class(kind: str) -> type[Objective]:
+    if kind not in OBJECTIVES:
+        raise ValueError(f"unknown decoder objective {kind!r}; expected one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[kind]
+
+
 def build_objective(kind: str, **kwargs) -> Objective:
+    """An objective from its parts (tests, notebooks); the loop uses ``objective_class(kind).from_recipe``."""
     if kind == "diffusion":
         return DiffusionObjective(kwargs["codec"], kwargs["loss_weights"])
-    if kind == "adversarial":
-        return AdversarialObjective(**kwargs)
-    raise ValueError(f"unknown decoder objective {kind!r}; expected 'diffusion' or 'adversarial'")
+    return objective_class(kind)(**kwargs)
