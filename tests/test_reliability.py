@@ -137,7 +137,6 @@ def run_python(code: str, timeout: float = 60, **kwargs) -> subprocess.Completed
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@TODO
 def test_01_symlink_loops_in_a_data_folder_list_each_file_once(tmp_path):
     from codecfw.core.commands._io import Report, expand_inputs
     from codecfw.core.data import list_audio_files
@@ -567,7 +566,6 @@ def test_12_an_absurd_codebook_size_fails_validate_naming_the_key(capsys):
     assert code == 2 and "acoustic.codebook_size" in err
 
 
-@TODO
 def test_12_a_pickled_feature_shard_is_refused_naming_it(tmp_path):
     from codecfw.core.feature_store import FeatureStore, FeatureWriter
 

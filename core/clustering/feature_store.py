@@ -144,7 +144,14 @@ class FeatureStore:
             index = read_index(directory / "index.json")
             dims.add(int(index["dim"]))
             for shard in index["shards"]:
-                arr = np.load(directory / shard["file"], mmap_mode="r")
+                path = directory / shard["file"]
+                try:
+                    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError, EOFError) as exc:  # a pickled (object) array cannot be mapped
+                    raise ValueError(f"{path}: not a readable float feature shard ({str(exc)[:200]}); expected a "
+                                     f".npy array of float32/float16 rows, without Python objects") from None
+                if arr.dtype not in (np.float32, np.float16):
+                    raise ValueError(f"{path}: dtype {arr.dtype}, expected float32 or float16 feature rows")
                 if arr.ndim != 2 or len(arr) != shard["rows"]:
                     raise ValueError(f"{directory / shard['file']}: expected {shard['rows']} rows, got shape "
                                      f"{list(arr.shape)}")

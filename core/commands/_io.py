@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..files import walk_files
+
 _MAGIC = set("*?[")
 
 
@@ -65,8 +67,7 @@ def expand_inputs(inputs: Sequence[str], suffixes: Sequence[str], report: Report
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(walk_files(path, suffixes))  # bounded and cycle-safe, hidden names skipped
             if not found:
                 report.fail(f"{item}: folder has no {'/'.join(suffixes)} files")
             jobs += [Job(p, p.relative_to(path)) for p in found]

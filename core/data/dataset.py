@@ -1,7 +1,8 @@
 """Audio datasets: a folder or a manifest, scanned once, read and resampled crop by crop.
 
 Sources
-    * a folder: every ``.wav .flac .ogg .oga .opus .mp3`` below it (recursive, sorted, hidden files ignored). A path
+    * a folder: every ``.wav .flac .ogg .oga .opus .mp3`` below it (recursive, sorted, hidden files ignored; linked
+      folders followed, each real folder once: :func:`codecfw.core.files.walk_files`). A path
       component named ``speech``, ``music`` or ``sound`` gives the file its domain (``data/demo/music/x.flac``).
     * a manifest, JSONL (one object per line) or CSV (header row): ``path`` (relative to the manifest's folder, or
       absolute) and optional ``domain`` (speech | music | sound), ``transcript`` and ``split``. Other columns are kept
@@ -99,17 +100,14 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
 def list_audio_files(folder: str | os.PathLike) -> list[AudioEntry]:
     """Every audio file under ``folder``, sorted; a ``speech``/``music``/``sound`` path component sets the domain."""
+    from .files import walk_files
+
     folder = Path(folder)
     entries = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
-                continue
-            path = Path(root) / name
-            parts = path.relative_to(folder).parts[:-1]
-            domain = next((p for p in reversed(parts) if p in DOMAINS), None)
-            entries.append(AudioEntry(str(path), domain=domain))
+    for path in walk_files(folder, AUDIO_EXTENSIONS):  # bounded and cycle-safe: symlink loops are entered once
+        parts = path.relative_to(folder).parts[:-1]
+        domain = next((p for p in reversed(parts) if p in DOMAINS), None)
+        entries.append(AudioEntry(str(path), domain=domain))
     return entries
 
 
