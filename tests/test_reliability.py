@@ -32,8 +32,8 @@ from codecfw.core.checkpoint import save_checkpoint
 from codecfw.core.cli import main
 from codecfw.core.codec import build_codec
 from codecfw.core.config import RecipeError, load_recipe, validate_recipe
-from codecfw.core.tokens import TokenFile, TokenFileCorrupt
-from codecfw.core.trainer import Trainer
+from codecfw.core.tokenizer.tokens import TokenFile, TokenFileCorrupt
+from codecfw.core.training.trainer import Trainer
 from codecfw.core.types import TokenStream
 
 from .toy_codec import TOY_RECIPE
@@ -139,7 +139,7 @@ def run_python(code: str, timeout: float = 60, **kwargs) -> subprocess.Completed
 
 def test_01_symlink_loops_in_a_data_folder_list_each_file_once(tmp_path):
     from codecfw.core.commands._io import Report, expand_inputs
-    from codecfw.core.data import list_audio_files
+    from codecfw.core.data.dataset import list_audio_files
 
     d = tmp_path / "d"
     tone(d / "sub" / "a.wav")
@@ -216,7 +216,7 @@ def _poison_from(t: Trainer, step: int) -> None:
 
 
 def test_04_nonfinite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
-    from codecfw.core.trainer import NonFiniteLossError
+    from codecfw.core.training.trainer import NonFiniteLossError
 
     run = tmp_path / "stop"
     t = trainer(toy_recipe(corpus, steps=8, checkpoint_every=2, valid_every=100, nonfinite="stop"), run)
@@ -372,7 +372,7 @@ def test_08_yaml_alias_bombs_are_refused_quickly_with_a_short_message(tmp_path):
 
 
 def test_09_changed_optimiser_settings_are_applied_on_resume_and_recorded(corpus, tmp_path, monkeypatch, caplog):
-    from codecfw.core.trainer import default_run_dir
+    from codecfw.core.training.trainer import default_run_dir
 
     monkeypatch.chdir(tmp_path)
     caplog.set_level("INFO")
@@ -532,7 +532,7 @@ def test_12_a_pickled_state_pt_is_refused_naming_the_file(corpus, tmp_path, regi
 
 
 def test_12_a_pickled_official_checkpoint_is_refused_with_exit_2(tmp_path, capsys):
-    from codecfw.plugins.semantic.semanticodec_checkpoint import read_state
+    from codecfw.plugins.pretrained.semanticodec import read_state
 
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": Payload()}, ckpt)
@@ -567,7 +567,7 @@ def test_12_an_absurd_codebook_size_fails_validate_naming_the_key(capsys):
 
 
 def test_12_a_pickled_feature_shard_is_refused_naming_it(tmp_path):
-    from codecfw.core.feature_store import FeatureStore, FeatureWriter
+    from codecfw.core.clustering.feature_store import FeatureStore, FeatureWriter
 
     writer = FeatureWriter(tmp_path / "store", dim=4)
     writer.add(np.zeros((3, 4), np.float32))
@@ -579,7 +579,7 @@ def test_12_a_pickled_feature_shard_is_refused_naming_it(tmp_path):
 
 
 def test_12_binary_recipes_and_manifests_name_the_file(tmp_path, capsys):
-    from codecfw.core.data import ManifestError, read_manifest
+    from codecfw.core.data.dataset import ManifestError, read_manifest
 
     recipe = tmp_path / "binary.yaml"
     recipe.write_bytes(b"\xff\xfe\x00\x01\x89PNG\x00" * 10)
@@ -594,8 +594,8 @@ def test_12_binary_recipes_and_manifests_name_the_file(tmp_path, capsys):
 
 @TODO
 def test_12_unreadable_fifo_and_folder_inputs_say_what_they_are(tmp_path, registry, capsys):
-    from codecfw.core.audio import probe_audio_file
-    from codecfw.core.audio_stream import AudioError, audio_info
+    from codecfw.core.data.audio import probe_audio_file
+    from codecfw.core.data.stream import AudioError, audio_info
 
     fifo = tmp_path / "pipe.wav"
     os.mkfifo(fifo)
@@ -644,7 +644,7 @@ def test_13_include_outside_the_recipe_folder_is_refused_without_echoing_it(tmp_
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", "/abs", "x" * 300])
 def test_14_a_recipe_name_must_not_be_a_path(name, capsys):
     from codecfw.core.registry import Registry
-    from codecfw.core.trainer import default_run_dir
+    from codecfw.core.training.trainer import default_run_dir
 
     from . import toy_codec
     reg = Registry(strict=True)
@@ -661,10 +661,10 @@ def test_14_a_recipe_name_must_not_be_a_path(name, capsys):
 
 @pytest.mark.parametrize("umask", [pytest.param(0o022, marks=TODO), 0o077])
 def test_15_outputs_honour_the_umask(tmp_path, registry, umask):
-    from codecfw.core.audio import write_audio
-    from codecfw.core.audio_stream import AudioSink
+    from codecfw.core.data.audio import write_audio
+    from codecfw.core.data.stream import AudioSink
     from codecfw.core.checkpoint import write_json_atomic
-    from codecfw.core.tokens import export_tokens
+    from codecfw.core.tokenizer.tokens import export_tokens
 
     old = os.umask(umask)
     try:
@@ -690,7 +690,7 @@ def test_15_outputs_honour_the_umask(tmp_path, registry, umask):
 
 @TODO
 def test_16_audio_with_a_non_utf8_file_name_is_encoded_and_trained_on(tmp_path, registry, capsys):
-    from codecfw.core.data import AudioDataset
+    from codecfw.core.data.dataset import AudioDataset
 
     folder = tmp_path / "in"
     name = os.fsdecode(b"caf\xe9.wav")  # latin-1 é: not UTF-8, kept as a surrogate escape

@@ -100,7 +100,7 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
 def list_audio_files(folder: str | os.PathLike) -> list[AudioEntry]:
     """Every audio file under ``folder``, sorted; a ``speech``/``music``/``sound`` path component sets the domain."""
-    from .files import walk_files
+    from ..files import walk_files
 
     folder = Path(folder)
     entries = []
