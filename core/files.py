@@ -24,6 +24,34 @@ class WalkError(ValueError):
     """A folder is too deep or holds too many files to be a data source; the message names it."""
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def unreadable_reason(path: str | os.PathLike) -> tuple[str, str] | None:
+    """Why ``path`` cannot be read as a regular file, as ``(reason, detail)`` with reason ``"missing"`` or
+    ``"unreadable"``; None when it can. Never opens anything but a regular file, so a FIFO cannot block the caller."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing", "no such file"
+    except OSError as exc:
+        return "unreadable", exc.strerror or str(exc)
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+        return "unreadable", f"not a regular file ({kind})"
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as exc:
+        return "unreadable", exc.strerror or str(exc)
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on any stream: file names that are not UTF-8 (surrogate escapes) shown as ``\\udcXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def walk_files(root: str | os.PathLike, suffixes: Sequence[str] | None = None, *, hidden: bool = False,
                max_depth: int = MAX_DEPTH, max_files: int = MAX_FILES) -> Iterator[Path]:
     """Regular files below ``root`` (symlinks followed, each real folder entered once), sorted by path within each

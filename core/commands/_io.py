@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..files import walk_files
+from ..files import printable, unreadable_reason, walk_files
 
 _MAGIC = set("*?[")
 
@@ -43,7 +43,7 @@ class Report:
     def fail(self, message: str) -> None:
         self.failed += 1
         self.errors.append(message)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {printable(message)}", file=sys.stderr)
 
     def line(self, out: str) -> str:
         wall = time.perf_counter() - self.started
@@ -80,7 +80,8 @@ def expand_inputs(inputs: Sequence[str], suffixes: Sequence[str], report: Report
                 report.fail(f"{item}: no file matches this pattern")
             jobs += [Job(p, p.relative_to(base) if p.is_relative_to(base) else Path(p.name)) for p in found]
         else:
-            report.fail(f"{item}: no such file or folder")
+            reason = unreadable_reason(path)
+            report.fail(f"{item}: {reason[1] if reason and reason[0] != 'missing' else 'no such file or folder'}")
     return jobs
 
 

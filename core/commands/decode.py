@@ -64,8 +64,8 @@ def run(args) -> int:
             for (job, tf), wave in zip(batch, waves):
                 try:
                     write(job, tf, wave)
-                except (OSError, ValueError) as exc:
-                    report.fail(f"{job.target}: cannot write: {describe(exc)}")
+                except (OSError, ValueError) as exc:  # the message names the output; say which input it was
+                    report.fail(f"{job.source}: cannot write {describe(exc)}")
                 bar.update(tf.duration)
         batch.clear()
 
