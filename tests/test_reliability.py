@@ -150,6 +150,7 @@ def test_01_symlink_loops_in_a_data_folder_list_each_file_once(tmp_path):
     (d / "self").symlink_to(".")  # two loops: exponential without a cycle check
     started = time.perf_counter()
     assert len(list_audio_files(d)) == 1 and len(expand_inputs([str(d)], (".wav",), Report("x"))) == 1
+    assert [j.rel for j in expand_inputs([str(d / "**" / "*.wav")], (".wav",), Report("x"))] == [Path("sub/a.wav")]
     assert time.perf_counter() - started < 5
     # a linked folder that is not a loop is still followed
     tone(tmp_path / "elsewhere" / "b.wav")

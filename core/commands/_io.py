@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ def expand_inputs(inputs: Sequence[str], suffixes: Sequence[str], report: Report
             jobs.append(Job(path, Path(path.name)))
         elif _MAGIC & set(item):
             base = Path(*_until_magic(Path(item).parts))
-            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            found = sorted(_glob(item, base))
             if not found:
                 report.fail(f"{item}: no file matches this pattern")
             jobs += [Job(p, p.relative_to(base) if p.is_relative_to(base) else Path(p.name)) for p in found]
@@ -83,6 +84,39 @@ def expand_inputs(inputs: Sequence[str], suffixes: Sequence[str], report: Report
             reason = unreadable_reason(path)
             report.fail(f"{item}: {reason[1] if reason and reason[0] != 'missing' else 'no such file or folder'}")
     return jobs
+
+
+def _glob(pattern: str, base: Path) -> list[Path]:
+    """Files matching ``pattern``. ``**`` patterns are matched over :func:`walk_files` below ``base`` (Python's
+    recursive glob follows symlinked folders without a cycle check); others go to :func:`glob.glob`."""
+    if "**" not in pattern:
+        return [Path(p) for p in glob.glob(pattern) if Path(p).is_file()]
+    parts = Path(pattern).parts[len(base.parts) if base != Path(".") else 0:]
+    regex = "/".join("(?:[^/]+/)*[^/]+" if part == "**" and i == len(parts) - 1 else
+                     "(?:[^/]+/)*" if part == "**" else _translate(part) for i, part in enumerate(parts))
+    regex = regex.replace("(?:[^/]+/)*/", "(?:[^/]+/)*")
+    matcher = re.compile(regex)
+    return [p for p in walk_files(base) if matcher.fullmatch(p.relative_to(base).as_posix())]
+
+
+def _translate(part: str) -> str:
+    """One glob path component → a regex that never crosses ``/``."""
+    out, i = [], 0
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in part[i + 2:]:  # a class; its first character may be ']' or '!'
+            end = part.index("]", i + 2)
+            body = part[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
 
 
 def _until_magic(parts: Sequence[str]) -> list[str]:
