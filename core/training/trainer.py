@@ -208,7 +208,6 @@ class Trainer:
         self.objective: Objective = objective_class(self.objective_kind).from_recipe(
             self.codec, self.recipe, self.registry).to(self.device)
         self.discriminator: nn.Module | None = self.objective.trained_modules().get("discriminator")
-        self.losses: dict[str, tuple[nn.Module, float]] = getattr(self.objective, "losses", {})
 
     def _setup_weights(self) -> Path | None:
         """Weights from the run's latest checkpoint, else from ``--init-from``; the EMA shadow. Returns the
@@ -273,8 +272,6 @@ class Trainer:
                                                  self.dist.world_size)
         if self.valid_loader is None and data.valid is not None and self.dist.is_main:
             self.valid_loader = build_dataloader(data, "valid", sr, self.cfg.seed, shuffle=False, drop_last=False)
-
-    _build_data = _setup_data  # the name before the split
 
     def _setup_logging(self, latest: Path | None) -> None:
         self.writer = None
