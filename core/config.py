@@ -570,7 +570,8 @@ def format_validation_errors(exc: ValidationError, data: Any, model: type[BaseMo
             if expected and etype not in {"int_parsing", "int_type", "float_parsing", "float_type", "string_type",
                                           "bool_parsing", "bool_type", "greater_than", "greater_than_equal",
                                           "less_than", "less_than_equal", "literal_error", "enum", "list_type",
-                                          "dict_type", "int_from_float", "model_type", "model_attributes_type"}:
+                                          "dict_type", "int_from_float", "model_type", "model_attributes_type",
+                                          "string_pattern_mismatch"}:
                 msg += f" ({err['msg']})"
         lines.append(f"{clip_text(path, 120)}: {msg}")
     return lines
