@@ -55,10 +55,12 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_temp(path)
+    mode = os.stat(tmp).st_mode
     try:
         yield tmp
         if fsync:
             fsync_path(tmp)
+        os.chmod(tmp, mode)  # some writers replace the file with their own mode (safetensors: 0600)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -113,10 +113,13 @@ def save_weights(tensors_or_module: nn.Module | dict[str, Tensor], path: Path, m
     """A module's state dict (tied tensors de-duplicated by ``safetensors.torch.save_model``) or a tensor dict."""
     from safetensors.torch import save_file, save_model
 
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))  # the mode open() gives (0666 & ~umask) ...
+    mode = os.stat(path).st_mode
     if isinstance(tensors_or_module, nn.Module):
         save_model(tensors_or_module, str(path), metadata=metadata)
     else:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors_or_module.items()}, str(path), metadata=metadata)
+    os.chmod(path, mode)  # ... which safetensors replaces with 0600
 
 
 def load_weights(module: nn.Module, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
@@ -268,13 +271,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def remove_incomplete(run_dir: str | Path) -> list[Path]:
-    """Remove leftovers of writes a crash interrupted (``.tmp-*``/``.old-*`` folders, ``.<file>.tmp-*`` files).
-    Call it only while holding the run directory's lock: the leftovers could otherwise be another run's writes."""
+    """Remove leftovers of writes a crash interrupted (``.tmp-*``/``.old-*`` folders; the hidden ``.<name>.*.tmp*``
+    files of :mod:`codecfw.core.atomic` in the run directory and ``checkpoints/``). Call it only while holding the
+    run directory's lock: the leftovers could otherwise be another run's writes."""
     root = Path(run_dir) / "checkpoints"
     removed = []
-    for p in Path(run_dir).glob(".*.tmp-*"):
-        p.unlink(missing_ok=True)
-        removed.append(p)
+    for p in [*Path(run_dir).glob(".*.tmp*"), *(root.glob(".*.tmp*") if root.is_dir() else [])]:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith((".tmp-", ".old-")):

@@ -44,10 +44,6 @@ SR = 16000
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# Regression tests written against the code that had the bugs: each fails there (strict xfail keeps the suite green
-# until its fix lands; the mark goes with the fix).
-TODO = pytest.mark.xfail(strict=True, reason="issue 17: not fixed yet")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
@@ -243,7 +239,6 @@ def test_04_nonfinite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoi
     assert skipped[:2] == [0, 0] and all(n > 0 for n in skipped[2:]), skipped
 
 
-@TODO
 def test_04_decode_of_nonfinite_output_fails_that_file_only(tmp_path, registry, capsys):
     good = save_toy(tmp_path / "good", registry)
     nan = save_toy(tmp_path / "nan", registry, transform=lambda p: p * float("nan"))
@@ -533,7 +528,7 @@ def test_12_a_pickled_state_pt_is_refused_naming_the_file(corpus, tmp_path, regi
 
 
 def test_12_a_pickled_official_checkpoint_is_refused_with_exit_2(tmp_path, capsys):
-    from codecfw.plugins.pretrained.semanticodec import read_state
+    from codecfw.core.checkpoint import read_state_dict as read_state
 
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": Payload()}, ckpt)
@@ -593,10 +588,8 @@ def test_12_binary_recipes_and_manifests_name_the_file(tmp_path, capsys):
         read_manifest(manifest)
 
 
-@TODO
 def test_12_unreadable_fifo_and_folder_inputs_say_what_they_are(tmp_path, registry, capsys):
-    from codecfw.core.data.audio import probe_audio_file
-    from codecfw.core.data.stream import AudioError, audio_info
+    from codecfw.core.data.audio import AudioError, audio_info, probe_audio_file
 
     fifo = tmp_path / "pipe.wav"
     os.mkfifo(fifo)
@@ -660,11 +653,11 @@ def test_14_a_recipe_name_must_not_be_a_path(name, capsys):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("umask", [pytest.param(0o022, marks=TODO), 0o077])
+@pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_15_outputs_honour_the_umask(tmp_path, registry, umask):
     from codecfw.core.data.audio import write_audio
     from codecfw.core.data.stream import AudioSink
-    from codecfw.core.checkpoint import write_json_atomic
+    from codecfw.core.atomic import write_json
     from codecfw.core.tokenizer.tokens import export_tokens
 
     old = os.umask(umask)
@@ -675,7 +668,7 @@ def test_15_outputs_honour_the_umask(tmp_path, registry, umask):
         write_audio(tmp_path / "a.flac", torch.zeros(1, 100), SR)
         with AudioSink(tmp_path / "b.wav", SR) as sink:
             sink.write(torch.zeros(100))
-        write_json_atomic(tmp_path / "s.json", {"a": 1})
+        write_json(tmp_path / "s.json", {"a": 1})
         ckpt = save_toy(tmp_path / "run", registry)
         outputs += [tmp_path / "a.flac", tmp_path / "b.wav", tmp_path / "s.json", *ckpt.iterdir()]
     finally:
@@ -689,7 +682,6 @@ def test_15_outputs_honour_the_umask(tmp_path, registry, umask):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@TODO
 def test_16_audio_with_a_non_utf8_file_name_is_encoded_and_trained_on(tmp_path, registry, capsys):
     from codecfw.core.data.dataset import AudioDataset
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_path
+from ..files import unreadable_reason
 
 #: channel mean, channel 0, refuse anything but mono, or a channel index
 Mixdown = Literal["mean", "first", "error"] | int
@@ -96,13 +97,33 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+def sf_path(path: str | os.PathLike) -> bytes:
+    """``path`` as libsndfile should get it: the file system's bytes. soundfile encodes a ``str`` as strict UTF-8,
+    which fails for a name that is not UTF-8 (kept by Python as surrogate escapes, ``os.fsdecode``)."""
+    return os.fsencode(path)
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise :class:`AudioError` saying why ``path`` is not a readable regular file ("no such file", "not a regular
+    file (a FIFO (named pipe))", "Permission denied"), without opening anything else than a regular file."""
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise AudioError(path, reason[1])
+
+
+def check_finite(wav: Tensor, path: str | os.PathLike) -> None:
+    """Refuse audio with NaN/Inf samples (a diverged or damaged codec): libsndfile would write noise or fail."""
+    if not bool(torch.isfinite(wav).all()):
+        raise AudioError(path, "the audio to write has NaN/Inf samples (a diverged or damaged checkpoint?); "
+                               "nothing was written")
+
+
 def audio_info(path: str | os.PathLike) -> AudioInfo:
     """Header facts of an audio file; unreadable or empty files raise :class:`AudioError`."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise AudioError(path, "no such file")
+    path = os.fspath(path)
+    check_readable(path)
     try:
-        info = sf.info(path)
+        info = sf.info(sf_path(path))
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError: all mean unreadable
         raise AudioError(path, f"cannot read audio file ({short_error(exc)})") from None
     if info.frames <= 0:
@@ -113,7 +134,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
 def read_frames(path: str, start: int = 0, frames: int = -1, mixdown: Mixdown = "mean") -> tuple[Tensor, int]:
     """``frames`` frames from ``start`` as mono Tensor[N] float32, and the file's sample rate."""
     try:
-        data, sr = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+        data, sr = sf.read(sf_path(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError... all mean "unreadable"
         raise AudioError(path, f"cannot read audio file ({short_error(exc)})") from exc
     return to_mono(torch.from_numpy(np.ascontiguousarray(data.T)), mixdown, path), sr
@@ -124,9 +145,8 @@ def read_audio(path: str | os.PathLike, sample_rate: int | None = None, *, mixdo
 
     Returns wav : Tensor[1 x N]. Raises :class:`AudioError` naming the file when it cannot be read.
     """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise AudioError(path, "no such file")
+    path = os.fspath(path)
+    check_readable(path)
     mono, sr = read_frames(path, mixdown=mixdown)
     wav = mono[None]
     return resample(wav, sr, sample_rate) if sample_rate else wav
@@ -136,19 +156,21 @@ def write_audio(path: str | os.PathLike, wav: Tensor, sample_rate: int, subtype:
     """Write wav : Tensor[C x N] (or [N]) atomically, creating the folder; the extension (.wav .flac .ogg) picks
     the format and ``subtype`` the encoding (soundfile's default: 16-bit PCM for WAV and FLAC)."""
     data = wav.detach().float().cpu()
+    check_finite(data, path)
     data = (data[None] if data.dim() == 1 else data.reshape(-1, data.shape[-1])).T.numpy()
     with atomic_path(path) as tmp:
-        sf.write(tmp, data, sample_rate, subtype=subtype)
+        sf.write(sf_path(tmp), data, sample_rate, subtype=subtype)
 
 
 def probe_audio_file(path: str, block_frames: int = 1 << 16) -> dict[str, Any]:
     """Stream through a file once: {frames, sample_rate, channels, peak, finite} or {error}."""
-    if not os.path.isfile(path):
-        return {"error": "missing", "detail": "no such file"}
+    reason = unreadable_reason(path)  # missing, not a regular file (a FIFO is never opened), permission denied
+    if reason is not None:
+        return {"error": reason[0], "detail": reason[1]}
     try:
-        info = sf.info(path)
+        info = sf.info(sf_path(path))
         peak, frames, finite = 0.0, 0, True
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(sf_path(path)) as f:
             for block in f.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
                 frames += len(block)
                 if not np.isfinite(block).all():

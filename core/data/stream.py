@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..atomic import atomic_path
-from .audio import MIXDOWNS, AudioError, Mixdown, audio_info, short_error, to_mono
+from .audio import MIXDOWNS, AudioError, Mixdown, audio_info, check_finite, sf_path, short_error, to_mono
 
 
 class StreamingResampler:
@@ -114,7 +114,7 @@ class AudioSource:
         resampler = StreamingResampler(self.info.sample_rate, self.target_rate)
         seen = 0
         try:
-            with sf.SoundFile(self.path) as fh:
+            with sf.SoundFile(sf_path(self.path)) as fh:
                 while True:
                     data = fh.read(self.block_frames, dtype="float32", always_2d=True)
                     if data.shape[0] == 0:
@@ -168,7 +168,7 @@ class AudioSink:
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
         try:
-            self._fh = sf.SoundFile(tmp, "w", samplerate=self.output_rate, channels=1, format=self.format,
+            self._fh = sf.SoundFile(sf_path(tmp), "w", samplerate=self.output_rate, channels=1, format=self.format,
                                     subtype=self.subtype)
         except Exception as exc:
             self._atomic.__exit__(type(exc), exc, exc.__traceback__)
@@ -177,6 +177,7 @@ class AudioSink:
 
     def write(self, block: Tensor | np.ndarray) -> None:
         block = torch.as_tensor(block, dtype=torch.float32).reshape(-1)
+        check_finite(block, self.path)
         self._write(self._resampler.push(block))
 
     def _write(self, block: Tensor) -> None:
