@@ -277,7 +277,7 @@ def test_import_whisper_rejects_what_it_cannot_read(tmp_path, tiny_whisper_dir, 
     from codecfw.core.cli import main
     from codecfw.plugins.pretrained.whisper import CT2FormatError, convert_ct2_whisper, read_ct2_model
 
-    assert main(["import", "whisper", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o")]) == 1
+    assert main(["import", "whisper", str(tmp_path / "nowhere"), "-o", str(tmp_path / "o")]) == 2
     assert "no model.bin" in capsys.readouterr().err
     truncated = tmp_path / "truncated"
     shutil.copytree(tiny_ct2_dir, truncated)

@@ -6,7 +6,8 @@
 
 The output folder (``model.safetensors`` + ``meta.json``) loads with ``codecfw.load(DST)`` and every command that
 takes ``--checkpoint``. Importers are looked up in the registry only when ``codecfw import`` runs, so the other
-commands start without loading plugins.
+commands start without loading plugins. Exit status 2 when the source cannot be read or converted (missing files, a
+pickle codecfw refuses, another layout), with one line naming the file; nothing is written then.
 """
 
 from __future__ import annotations
