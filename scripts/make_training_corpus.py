@@ -59,7 +59,7 @@ import soundfile as sf
 import torch
 
 from codecfw.core.data.audio import read_audio, resample, write_audio
-from codecfw.core.tokenizer.tokens import atomic_output
+from codecfw.core.atomic import atomic_path as atomic_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_demo_corpus import HARVARD, generated_piece, write_midi  # noqa: E402  (one home for the MIDI writer)
