@@ -99,6 +99,25 @@ def test_anchor_gradients_reach_projector_and_encoder(gradient):
     assert 0 < float(out.semantic.metrics["semantic_usage"]) <= 1
 
 
+def test_detached_anchor_trains_the_projector_from_the_anchoring_loss_only():
+    codec = build_codec(tiny(*NO_TEACHER, "semantic.gradient=detach")).train()
+    out = codec(torch.randn(2, 1, 3200))
+    out.decoder.waveform.pow(2).mean().backward()
+    assert codec.semantic.projector[0].weight.grad is None  # the decoder's gradient stops at the frozen centroids
+    assert codec.semantic.back_projector.weight.grad.abs().sum() > 0
+    # the encoder still learns through the residual path
+    assert codec.semantic.encoder.block[0].parametrizations.weight.original1.grad.abs().sum() > 0
+
+
+def test_normalized_latent_has_unit_scale_per_frame_at_any_input_level():
+    codec = build_codec(tiny(*NO_TEACHER, "semantic.normalize_latent=true")).eval()
+    with torch.no_grad():
+        quiet, loud = (codec.semantic(torch.randn(1, 1, 3200) * g).features for g in (1e-3, 1e3))
+    for z in (quiet, loud):
+        torch.testing.assert_close(z.mean(1), torch.zeros(1, z.shape[-1]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(z.pow(2).mean(1), torch.ones(1, z.shape[-1]), atol=1e-2, rtol=0)
+
+
 def test_decode_from_tokens_equals_the_training_path_in_eval():
     codec = build_codec(tiny(*NO_TEACHER)).eval()
     wav = torch.randn(1, 1, 6400)

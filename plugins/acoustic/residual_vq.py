@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -47,6 +48,16 @@ class ResidualActivation(nn.Module):
         return self.net(r)
 
 
+class NormalizedLinear(nn.Linear):
+    """A linear map whose outputs are unit vectors: x : Tensor[... x D_in] → W x + b / ‖W x + b‖, [... x D_out].
+
+    As SimVQ's codebook transform it puts every code (training, lookup and ``indices_to_codes`` alike) on the unit
+    sphere; a subclass, not a wrapper, so the state-dict keys stay those of the plain ``nn.Linear``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(super().forward(x), dim=-1)
+
+
 class _ResidualConfig(PluginConfig):
     codebook_size: CodebookSize = Field(65536, description="entries of the single acoustic codebook")
     code_dim: int = Field(256, gt=0, description="dimension the residual is quantized in")
@@ -62,6 +73,10 @@ class SimVQResidualConfig(_ResidualConfig):
     rotation_trick: bool = Field(False, description="rotation-trick gradients (Fifty et al., 2024) instead of the "
                                                     "plain straight-through estimator of youngsheen/SimVQ")
     input_commit_weight: float = Field(0.25, ge=0, description="β of β·mse(sg(q), x) in SimVQ's loss")
+    normalize: bool = Field(True, description="l2-normalise the quantizer's input and its codes (cosine-similarity "
+                                              "lookup, Yu et al. 2022; DAC's factorised codes): bounds the "
+                                              "commitment loss and removes the latent's free scale, which drifts "
+                                              "without bound under straight-through training (docs/sacodec.md)")
 
 
 class EMAVQResidualConfig(_ResidualConfig):
@@ -89,11 +104,14 @@ class ResidualQuantizer(AcousticQuantizer):
         self.codebook_size = cfg.codebook_size
         self.activation = ResidualActivation(dim, cfg.code_dim, cfg.hidden, cfg.kernel_size)
         self.out_proj = nn.Conv1d(cfg.code_dim, dim, 1)
+        # the input is normalised here, the codes by the codebook transform (NormalizedLinear)
+        self.normalize_input = isinstance(cfg, SimVQResidualConfig) and cfg.normalize
         if isinstance(cfg, SimVQResidualConfig):
             from vector_quantize_pytorch import SimVQ
 
-            self.vq = SimVQ(dim=cfg.code_dim, codebook_size=cfg.codebook_size,
-                            codebook_transform=nn.Linear(cfg.code_dim, cfg.code_dim, bias=cfg.transform_bias),
+            transform = (NormalizedLinear if cfg.normalize else nn.Linear)(cfg.code_dim, cfg.code_dim,
+                                                                          bias=cfg.transform_bias)
+            self.vq = SimVQ(dim=cfg.code_dim, codebook_size=cfg.codebook_size, codebook_transform=transform,
                             rotation_trick=cfg.rotation_trick, channel_first=True,
                             input_to_quantize_commit_loss_weight=cfg.input_commit_weight,
                             commitment_weight=cfg.commitment_weight)
@@ -112,7 +130,10 @@ class ResidualQuantizer(AcousticQuantizer):
         frames = semantic.extras.get("num_tokens", semantic.quantized.shape[-1])
         anchor = semantic.quantized[..., :frames]
         residual = semantic.features[..., :frames] - anchor
-        q, tokens, commit = self.vq(self.activation(residual))
+        x = self.activation(residual)
+        if self.normalize_input:
+            x = F.normalize(x, dim=1)
+        q, tokens, commit = self.vq(x)
         quantized = anchor + self.out_proj(q)
         used = torch.unique(tokens).numel()
         return AcousticOutput(quantized=quantized, tokens={"acoustic": tokens.long()},

@@ -64,7 +64,15 @@ class SemanticAnchoringConfig(PluginConfig):
     strides: list[int] = Field(default_factory=lambda: [8, 5, 4, 2], min_length=1)
     latent_dim: int = Field(256, gt=0, description="channels of the codec latent the decoder reads")
     projector_hidden: int = Field(512, ge=0, description="hidden width of the projector MLP; 0 = one linear layer")
-    gradient: Literal["straight_through", "rotation_trick"] = "straight_through"
+    gradient: Literal["straight_through", "rotation_trick", "detach"] = Field(
+        "straight_through", description="how the decoder's gradient reaches the projector through the frozen "
+                                        "centroids; detach: it stops there, the projector learns the assignment "
+                                        "from the anchoring loss only (the frozen codebook cannot follow a "
+                                        "straight-through push, docs/sacodec.md)")
+    normalize_latent: bool = Field(False, description="layer-normalise the encoder latent over its channels, per "
+                                                      "frame and without affine parameters: fixes the scale of z, "
+                                                      "which the decoder reaches only straight through the "
+                                                      "quantizers and which can otherwise drift (docs/sacodec.md)")
     teacher: AnchorTeacherConfig | None = Field(default_factory=AnchorTeacherConfig,
                                                 description="None disables the anchoring loss")
 
@@ -133,10 +141,14 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         centroids = self.codebook.lookup(tokens).to(projected.dtype)
         if self.cfg.gradient == "rotation_trick" and self.training:
             return tokens, rotate_to(projected, centroids)
+        if self.cfg.gradient == "detach":
+            return tokens, centroids
         return tokens, projected + (centroids - projected).detach()
 
     def forward(self, waveform: Tensor) -> SemanticOutput:
         z = self.encoder(waveform)  # B D T
+        if self.cfg.normalize_latent:  # per frame: chunked encoding stays equal to whole-file encoding
+            z = F.layer_norm(z.transpose(1, 2), (z.shape[1],)).transpose(1, 2)
         projected = self.projector(z.transpose(1, 2))
         tokens, anchored = self.anchor(projected)
         quantized = self.back_projector(anchored).transpose(1, 2)
