@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..files import printable, unreadable_reason, walk_files
 
@@ -185,6 +185,34 @@ def open_tokenizer(args: argparse.Namespace) -> Any:
         return load(args.checkpoint, device=dev, chunk_seconds=args.chunk_seconds)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as exc:
         raise UsageError(f"--checkpoint {args.checkpoint}: {str(exc).strip()}") from None
+
+
+def finish(results: Iterator[tuple[int, Any]], jobs: Sequence[Job], report: Report, bar: Any, out: str, verb: str,
+           done: Callable[[int, Any], float]) -> int:
+    """Drain a tokenizer's file loop (``encode_files``/``decode_files``: ``(index, result or exception)``): pass each
+    result to ``done(index, result)`` (which saves it if needed and returns the seconds of audio it holds), report
+    each failure and go on; then print the summary line. Returns the exit status."""
+    from ..data.audio import AudioError
+
+    for i, result in results:
+        job = jobs[i]
+        if isinstance(result, AudioError):
+            report.fail(str(result))  # names the file already
+            continue
+        if isinstance(result, Exception):
+            report.fail(f"{job.source}: cannot write {job.target}: {describe(result)}" if isinstance(result, OSError)
+                        else f"{job.source}: {verb} failed: {describe(result)}")
+            continue
+        try:
+            seconds = done(i, result)
+        except OSError as exc:
+            report.fail(f"{job.source}: cannot write {job.target}: {describe(exc)}")
+            continue
+        report.files += 1
+        report.seconds_audio += seconds
+    bar.close()
+    print(report.line(out))
+    return report.exit_code
 
 
 def usage_error(exc: UsageError) -> int:
