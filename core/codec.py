@@ -109,7 +109,7 @@ class RandomFrozenParts(FrozenPartsError):
 
     def __init__(self, parts: Sequence[FrozenPart], what: str) -> None:
         self.parts = list(parts)
-        lines = [f"  {p.key}: {p.description} is random; {p.source}" for p in self.parts]
+        lines = [f"  {p.key}: {p.description}; {p.source}" for p in self.parts]
         keys = ", ".join(p.key for p in self.parts)
         super().__init__(f"{what} would start with {len(self.parts)} frozen part(s) that need pretrained weights "
                          f"but are random:\n" + "\n".join(lines) + f"\nGive the weights, or start from a "

@@ -92,7 +92,7 @@ def test_check_pretrained_parts_rules():
     parts = [FrozenPart("semantic.a", "part a", False, "get a"), FrozenPart("decoder.b", "part b", True, "get b")]
     check_pretrained_parts(parts, True, "x")
     check_pretrained_parts(parts, ["semantic.a"], "x")
-    with pytest.raises(RandomFrozenParts, match=r"semantic.a: part a is random; get a"):
+    with pytest.raises(RandomFrozenParts, match=r"random:\n  semantic.a: part a; get a\nGive"):
         check_pretrained_parts(parts, False, "x")
     check_pretrained_parts(parts[:1], ["semantic.a", "decoder.z"], "x", slots=("semantic",))  # other slots: unchecked
 
@@ -107,3 +107,12 @@ def test_cluster_refuses_a_random_feature_extractor_but_not_a_missing_codebook(t
     assert "codecfw cluster" in err and not (tmp_path / "o" / "kmeans_4.safetensors").exists()
     assert main(base[:2] + ["allow_random_frozen=[semantic.audiomae]"] + base[2:]) == 0
     assert (tmp_path / "o" / "kmeans_4.safetensors").is_file()
+
+
+def test_validate_build_notes_random_frozen_parts(capsys):
+    assert main(["validate", "--build", str(RECIPES / "semanticodec_tiny.yaml"), REFUSE]) == 0  # valid all the same
+    err = capsys.readouterr().err
+    assert "note: frozen parts that need pretrained weights are random: semantic.audiomae, semantic.codebooks, " \
+           "decoder.vae, decoder.vocoder" in err
+    assert main(["validate", "--build", str(RECIPES / "semanticodec_tiny.yaml")]) == 0
+    assert "note:" not in capsys.readouterr().err  # the tiny recipe opts in
