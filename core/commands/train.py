@@ -52,13 +52,12 @@ def run(args) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     from ..checkpoint import CheckpointError, RunDirectoryInUse
+    from ..codec import FrozenPartsError
     from ..data import ManifestError, NoUsableAudioError
     from ..training.trainer import NonFiniteLossError, TrainingInterrupted, TrainSetupError
 
     trainer = Trainer(recipe, registry=registry, run_dir=args.run_dir, device=args.device,
                       init_from=args.init_from, progress=not args.no_progress)
-    from ..codec import FrozenPartsError
-
     try:
         check_fresh_run(recipe, registry, trainer.run_dir, args.init_from, f"codecfw train {args.recipe}")
     except (FrozenPartsError, FileNotFoundError) as exc:  # before setup: a refused start creates nothing
