@@ -194,19 +194,25 @@ def finish(results: Iterator[tuple[int, Any]], jobs: Sequence[Job], report: Repo
     each failure and go on; then print the summary line. Returns the exit status."""
     from ..data.audio import AudioError
 
+    def failure(job: Job, exc: Exception) -> str:
+        """Always names the input; the output too when writing it failed."""
+        if isinstance(exc, AudioError) and exc.path == str(job.source):
+            return str(exc)  # names the input already
+        if isinstance(exc, AudioError) and exc.path == str(job.target):
+            return f"{job.source}: cannot write {exc}"
+        if isinstance(exc, OSError):
+            return f"{job.source}: cannot write {job.target}: {describe(exc)}"
+        return f"{job.source}: {verb} failed: {describe(exc)}"
+
     for i, result in results:
         job = jobs[i]
-        if isinstance(result, AudioError):
-            report.fail(str(result))  # names the file already
-            continue
         if isinstance(result, Exception):
-            report.fail(f"{job.source}: cannot write {job.target}: {describe(result)}" if isinstance(result, OSError)
-                        else f"{job.source}: {verb} failed: {describe(result)}")
+            report.fail(failure(job, result))
             continue
         try:
             seconds = done(i, result)
         except OSError as exc:
-            report.fail(f"{job.source}: cannot write {job.target}: {describe(exc)}")
+            report.fail(failure(job, exc))
             continue
         report.files += 1
         report.seconds_audio += seconds
