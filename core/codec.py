@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .config import RecipeBase
 from .registry import Registry, get_registry
-from .types import (AcousticOutput, AcousticQuantizer, BuildContext, Decoder, DecoderOutput, SemanticFrontend,
-                    SemanticOutput, TokenStream, bitrate, token_rate)
+from .types import (AcousticOutput, AcousticQuantizer, BuildContext, Decoder, DecoderOutput, FrozenPart,
+                    SemanticFrontend, SemanticOutput, TokenStream, bitrate, token_rate)
 
 
 @dataclass
@@ -54,6 +55,11 @@ class Codec(nn.Module):
         """Bits per second over all streams."""
         return bitrate(self.streams())
 
+    def pretrained_parts(self) -> list[FrozenPart]:
+        """Every slot's frozen pretrained parts, keys prefixed with the slot (``semantic.audiomae``)."""
+        return [replace(part, key=f"{name}.{part.key}") for name in ("semantic", "acoustic", "decoder")
+                for part in getattr(self, name).pretrained_parts()]
+
     # -- use ---------------------------------------------------------------------------------------------------
     def forward(self, waveform: Tensor) -> CodecOutput:
         """Training pass. waveform : Tensor[B x 1 x N]."""
@@ -91,3 +97,39 @@ def build_codec(recipe: RecipeBase, registry: Registry | None = None) -> Codec:
     ctx.acoustic = registry.build("acoustic", recipe.acoustic, ctx)  # type: ignore[attr-defined]
     decoder = registry.build("decoder", recipe.decoder, ctx)  # type: ignore[attr-defined]
     return Codec(ctx.semantic, ctx.acoustic, decoder, recipe.sample_rate)
+
+
+class FrozenPartsError(ValueError):
+    """The recipe's frozen pretrained parts refuse a start (a user error: CLI exit status 2)."""
+
+
+class RandomFrozenParts(FrozenPartsError):
+    """Training or clustering would start with frozen parts that should hold pretrained weights but are random.
+    ``parts`` lists the offending :class:`~codecfw.core.types.FrozenPart` objects."""
+
+    def __init__(self, parts: Sequence[FrozenPart], what: str) -> None:
+        self.parts = list(parts)
+        lines = [f"  {p.key}: {p.description}; {p.source}" for p in self.parts]
+        keys = ", ".join(p.key for p in self.parts)
+        super().__init__(f"{what} would start with {len(self.parts)} frozen part(s) that need pretrained weights "
+                         f"but are random:\n" + "\n".join(lines) + f"\nGive the weights, or start from a "
+                         f"checkpoint that holds them (--init-from), or opt in to random frozen parts (tests, "
+                         f"smoke runs) with the recipe key allow_random_frozen: true (or a list: [{keys}]).")
+
+
+def check_pretrained_parts(parts: Sequence[FrozenPart], allow: bool | Sequence[str], what: str,
+                           slots: Sequence[str] = ("semantic", "acoustic", "decoder")) -> None:
+    """Raise :class:`RandomFrozenParts` for every part that is not loaded and not opted in by ``allow``
+    (``True``: all; a list: those keys). A key of ``allow`` in one of ``slots`` (the slots ``parts`` cover) that
+    names no part is an error too: a typo would otherwise opt in nothing, silently."""
+    if allow is True:
+        return
+    allowed = set(allow or ())
+    unknown = sorted(k for k in allowed - {p.key for p in parts} if k.split(".")[0] in slots)
+    if unknown:
+        known = ", ".join(p.key for p in parts) or "none"
+        raise FrozenPartsError(f"allow_random_frozen: {', '.join(unknown)} names no frozen pretrained part of this codec "
+                         f"(its parts: {known})")
+    missing = [p for p in parts if not p.loaded and p.key not in allowed]
+    if missing:
+        raise RandomFrozenParts(missing, what)

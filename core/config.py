@@ -151,6 +151,11 @@ class RecipeBase(StrictModel):
     sample_rate: int = Field(16000, gt=0)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    # A permission, not part of the codec: left out of dumps, so it changes no config hash, run id or token file.
+    allow_random_frozen: bool | list[str] = Field(False, exclude=True, description=(
+        "train/cluster although frozen parts that need pretrained weights are random (tiny recipes, tests, smoke "
+        "runs): true for all, or a list of part keys such as [semantic.audiomae]. Never needed when starting from "
+        "a checkpoint that holds the weights (--init-from, resuming)"))
 
     def config_hash(self) -> str:
         """A short stable hash of the resolved recipe (token-file headers, checkpoints)."""

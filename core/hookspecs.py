@@ -13,6 +13,12 @@ callback (the llm/tox style) so hooks can grow new optional arguments without br
 ``config`` is a pydantic model with ``kind: Literal["<kind>"]`` and ``extra="forbid"`` (subclass
 :class:`codecfw.core.config.PluginConfig`). ``factory(config, context: BuildContext)`` builds the object; when
 omitted, the config class's ``build(context)`` method is used.
+
+``**capabilities`` describe a metric, an importer or a pretrained name (``needs_reference=True``, ``help=...``): for
+those kinds they are the one place the capability is declared. A codec slot (semantic, acoustic, decoder) declares
+what it can do on its class instead (:mod:`codecfw.core.types`: ``Decoder.objective``, ``extract_features``,
+``chunk_policy()``, ``pretrained_parts()``), because the core reads it from the built slot; keyword capabilities
+given for a slot kind are still accepted and shown by ``codecfw plugins``, but nothing reads them.
 """
 
 import pluggy

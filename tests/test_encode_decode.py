@@ -305,6 +305,55 @@ def test_cli_round_trip_mirrors_paths_and_keeps_lengths(tmp_path, checkpoint, co
     assert not list(tmp_path.rglob(".*.tmp*"))  # no temporary files left anywhere
 
 
+def test_the_tokenizer_alone_batches_files_and_records_their_source(tmp_path, checkpoint, capsys):
+    """One decision, one metadata writer: the tokenizer's file loop decides short against long, batches, and writes
+    the header; ``codecfw encode`` saves exactly what it returns. Before, the command read short files itself and
+    handed the tokenizer audio already at the codec's rate, so the tokenizer recorded ``source_sample_rate`` 16000
+    for a 44.1 kHz file and the command patched the header afterwards."""
+    from codecfw.core.data.audio import AudioError
+
+    src = tmp_path / "in"
+    write(src / "a" / "short44.wav", noise(44100, 1, channels=2), 44100)  # 1 s: one 2 s window
+    write(src / "short16.wav", noise(8000, 2))
+    write(src / "long22.wav", noise(3 * 22050, 3), 22050)  # 3 s: streamed in 2 s windows
+    (src / "junk.wav").write_bytes(b"not audio")
+    tok = load(checkpoint, chunk_seconds=2)
+    paths = [src / "a" / "short44.wav", src / "junk.wav", src / "short16.wav", src / "long22.wav"]
+    assert [tok.processed_whole(n) for n in (16000, 32000, 32001)] == [True, True, False]
+    results = dict(tok.encode_files(paths, names=["a/short44.wav", "junk.wav", "short16.wav", "long22.wav"],
+                                    batch_size=2))
+    assert sorted(results) == [0, 1, 2, 3] and isinstance(results[1], AudioError)
+    short44, short16, long22 = results[0], results[2], results[3]
+    assert {k: v for k, v in short44.metadata.items() if k != "codecfw"} == {
+        "source": "a/short44.wav", "source_sample_rate": 44100, "source_channels": 2, "mixdown": "mean"}
+    assert short16.metadata["source_sample_rate"] == 16000 and short16.metadata["source_channels"] == 1
+    assert long22.metadata["source_sample_rate"] == 22050 and long22.num_samples == 48000
+    # the same tokens as the in-memory API (batching and streaming are exact), whose header has the same rate
+    stereo, _ = sf.read(src / "a" / "short44.wav", dtype="float32")
+    in_memory = tok.encode(torch.from_numpy(stereo.T.copy())[None], 44100)[0]
+    np.testing.assert_array_equal(in_memory.tokens["acoustic"], short44.tokens["acoustic"])
+    assert in_memory.metadata["source_sample_rate"] == 44100
+    np.testing.assert_array_equal(tok.encode_file(src / "long22.wav").tokens["semantic"], long22.tokens["semantic"])
+    # codecfw encode writes what the tokenizer returned, byte for byte
+    assert main(["encode", str(src), "-o", str(tmp_path / "t"), "-c", str(checkpoint), "-q", "--chunk-seconds", "2",
+                 "--batch-size", "2"]) == 1
+    assert "junk.wav: cannot read audio" in capsys.readouterr().err
+    for tf, rel in ((short44, "a/short44.cfwt"), (short16, "short16.cfwt"), (long22, "long22.cfwt")):
+        assert (tmp_path / "t" / rel).read_bytes() == tf.save(tmp_path / "api" / rel).read_bytes(), rel
+
+
+def test_the_tokenizer_alone_decodes_files_at_the_asked_rate(tmp_path, checkpoint):
+    tok = load(checkpoint, chunk_seconds=2)
+    files = [tok.encode(noise(44100, 1), 44100)[0], tok.encode(noise(3 * SR, 2), SR)[0]]
+    targets = [tmp_path / "short.wav", tmp_path / "long.flac"]
+    done = dict(tok.decode_files(files, targets, sample_rate="source", batch_size=2))
+    assert done == {0: targets[0], 1: targets[1]}
+    assert (sf.info(targets[0]).samplerate, sf.info(targets[0]).frames) == (44100, 44100)
+    assert (sf.info(targets[1]).samplerate, sf.info(targets[1]).frames) == (SR, 3 * SR)
+    done = dict(tok.decode_files(files, [tmp_path / "bad.mp4", tmp_path / "x.wav"], sample_rate=8000))
+    assert isinstance(done[0], ValueError) and sf.info(tmp_path / "x.wav").samplerate == 8000  # one bad, one done
+
+
 @pytest.mark.skipif(not (DEMO / "manifest.jsonl").is_file(), reason="demo corpus not present")
 def test_cli_round_trip_on_the_whole_demo_corpus(tmp_path, checkpoint, capsys):
     listed = [json.loads(line)["path"] for line in (DEMO / "manifest.jsonl").read_text().splitlines() if line.strip()]

@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..files import printable, unreadable_reason, walk_files
 
@@ -185,6 +185,40 @@ def open_tokenizer(args: argparse.Namespace) -> Any:
         return load(args.checkpoint, device=dev, chunk_seconds=args.chunk_seconds)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as exc:
         raise UsageError(f"--checkpoint {args.checkpoint}: {str(exc).strip()}") from None
+
+
+def finish(results: Iterator[tuple[int, Any]], jobs: Sequence[Job], report: Report, bar: Any, out: str, verb: str,
+           done: Callable[[int, Any], float]) -> int:
+    """Drain a tokenizer's file loop (``encode_files``/``decode_files``: ``(index, result or exception)``): pass each
+    result to ``done(index, result)`` (which saves it if needed and returns the seconds of audio it holds), report
+    each failure and go on; then print the summary line. Returns the exit status."""
+    from ..data.audio import AudioError
+
+    def failure(job: Job, exc: Exception) -> str:
+        """Always names the input; the output too when writing it failed."""
+        if isinstance(exc, AudioError) and exc.path == str(job.source):
+            return str(exc)  # names the input already
+        if isinstance(exc, AudioError) and exc.path == str(job.target):
+            return f"{job.source}: cannot write {exc}"
+        if isinstance(exc, OSError):
+            return f"{job.source}: cannot write {job.target}: {describe(exc)}"
+        return f"{job.source}: {verb} failed: {describe(exc)}"
+
+    for i, result in results:
+        job = jobs[i]
+        if isinstance(result, Exception):
+            report.fail(failure(job, result))
+            continue
+        try:
+            seconds = done(i, result)
+        except OSError as exc:
+            report.fail(failure(job, exc))
+            continue
+        report.files += 1
+        report.seconds_audio += seconds
+    bar.close()
+    print(report.line(out))
+    return report.exit_code
 
 
 def usage_error(exc: UsageError) -> int:

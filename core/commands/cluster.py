@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from . import add_recipe_arguments, recipe_arguments
@@ -185,6 +186,7 @@ def run(args) -> int:
     from ..clustering.codebook import write_codebook
     from ..clustering.feature_store import FeatureStore
     from ..registry import get_registry
+    from ..codec import FrozenPartsError, check_pretrained_parts
     from ..types import BuildContext
 
     def log(msg: str) -> None:
@@ -240,12 +242,21 @@ def run(args) -> int:
         return 2
 
     semantic_cfg = recipe.semantic.model_dump(mode="json")
-    if get_registry().get("semantic", recipe.semantic.kind).capabilities.get("clusterable") is False:
-        print(f"error: semantic front-end {recipe.semantic.kind!r} declares clusterable=False: it exposes no "
-              f"continuous features to cluster", file=sys.stderr)
-        return 2
     torch.manual_seed(args.seed)  # front-ends with randomly initialised parts extract the same features every run
     frontend = get_registry().build("semantic", recipe.semantic, BuildContext(sample_rate=recipe.sample_rate))
+    if not frontend.clusterable():
+        print(f"error: {type(frontend).__name__} exposes no continuous features for clustering (the semantic "
+              f"front-end {recipe.semantic.kind!r} implements no extract_features)", file=sys.stderr)
+        return 2
+    # The features must come from the pretrained extractor; a codebook (what clustering makes) is not needed yet.
+    parts = [replace(p, key=f"semantic.{p.key}", loaded=p.loaded or not p.feeds_features)
+             for p in frontend.pretrained_parts()]
+    try:
+        check_pretrained_parts(parts, recipe.allow_random_frozen, f"codecfw cluster {args.recipe}",
+                               slots=("semantic",))
+    except FrozenPartsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     frontend = frontend.to(device).eval()
     source = {"frontend": recipe.semantic.kind, "frontend_config": semantic_cfg,
               "frontend_config_hash": _hash(semantic_cfg), "frame_rate": float(frontend.frame_rate),

@@ -7,12 +7,11 @@ to the output file; every output is written atomically.
 
 from __future__ import annotations
 
-from ._io import (Report, UsageError, add_codec_arguments, assign_targets, describe, exists_skip, expand_inputs,
+from ._io import (Report, UsageError, add_codec_arguments, assign_targets, exists_skip, expand_inputs, finish,
                   open_tokenizer, progress_bar, usage_error)
 
 
 def run(args) -> int:
-    from ..data.stream import AudioSink
     from ..tokenizer.tokens import SUFFIX, TokenFile, TokenFileError
 
     report = Report("decoded")
@@ -37,56 +36,12 @@ def run(args) -> int:
             continue
         todo.append((job, tf))
     bar = progress_bar(sum(tf.duration for _, tf in todo), args.quiet, "decode")
-    window = tok.policy.window if not args.no_chunk else float("inf")
-
-    def out_rate(tf: TokenFile) -> int | None:
-        if args.original_rate:
-            return int(tf.metadata.get("source_sample_rate") or tok.sample_rate)
-        return args.sample_rate
-
-    def write(job, tf, wave) -> None:
-        with AudioSink(job.target, tok.sample_rate, output_rate=out_rate(tf), subtype=args.subtype) as sink:
-            sink.write(wave.reshape(-1))
-        report.files += 1
-        report.seconds_audio += tf.duration
-
-    batch: list = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        try:
-            waves = tok.decode([tf for _, tf in batch], batch_size=args.batch_size, chunked=not args.no_chunk)
-        except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
-            for job, _ in batch:
-                report.fail(f"{job.source}: decoding failed: {describe(exc)}")
-        else:
-            for (job, tf), wave in zip(batch, waves):
-                try:
-                    write(job, tf, wave)
-                except (OSError, ValueError) as exc:  # the message names the output; say which input it was
-                    report.fail(f"{job.source}: cannot write {describe(exc)}")
-                bar.update(tf.duration)
-        batch.clear()
-
-    for job, tf in todo:
-        if tf.num_samples <= window:
-            batch.append((job, tf))
-            if len(batch) >= args.batch_size:
-                flush()
-            continue
-        try:
-            tok.decode_to_file(tf, job.target, sample_rate=out_rate(tf), subtype=args.subtype,
-                               batch_size=args.batch_size, chunked=not args.no_chunk,
+    results = tok.decode_files([tf for _, tf in todo], [job.target for job, _ in todo],
+                               sample_rate="source" if args.original_rate else args.sample_rate,
+                               subtype=args.subtype, batch_size=args.batch_size, chunked=not args.no_chunk,
                                progress=lambda n: bar.update(n / tok.sample_rate))
-            report.files += 1
-            report.seconds_audio += tf.duration
-        except (OSError, RuntimeError, ValueError) as exc:
-            report.fail(f"{job.source}: {describe(exc)}")
-    flush()
-    bar.close()
-    print(report.line(args.output))
-    return report.exit_code
+    return finish(results, [job for job, _ in todo], report, bar, args.output, "decoding",
+                  lambda i, _: todo[i][1].duration)
 
 
 def register(sub) -> None:

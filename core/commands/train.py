@@ -52,11 +52,17 @@ def run(args) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     from ..checkpoint import CheckpointError, RunDirectoryInUse
+    from ..codec import FrozenPartsError
     from ..data import ManifestError, NoUsableAudioError
     from ..training.trainer import NonFiniteLossError, TrainingInterrupted, TrainSetupError
 
     trainer = Trainer(recipe, registry=registry, run_dir=args.run_dir, device=args.device,
                       init_from=args.init_from, progress=not args.no_progress)
+    try:
+        check_fresh_run(recipe, registry, trainer.run_dir, args.init_from, f"codecfw train {args.recipe}")
+    except (FrozenPartsError, FileNotFoundError) as exc:  # before setup: a refused start creates nothing
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         trainer.setup()
         summary = trainer.train()
@@ -76,6 +82,25 @@ def run(args) -> int:
     if rank == 0:
         print(format_summary(summary))
     return 0
+
+
+def check_fresh_run(recipe, registry, run_dir, init_from, what: str) -> None:
+    """A fresh run (no checkpoint of its own to resume, no ``--init-from``) must not train on frozen parts that need
+    pretrained weights while they are random, unless the recipe says ``allow_random_frozen``. Raises
+    :class:`~codecfw.core.codec.RandomFrozenParts` naming each part and where its weights come from.
+
+    It builds the codec once more than the trainer does, on fresh runs only; :meth:`Trainer.setup` is the natural
+    home once it can take the check (it knows whether it resumed)."""
+    import torch
+
+    from ..checkpoint import latest_checkpoint
+    from ..codec import build_codec, check_pretrained_parts
+
+    if init_from is not None or recipe.allow_random_frozen is True or latest_checkpoint(run_dir) is not None:
+        return  # the checkpoint holds the weights (or the recipe opted in for every part)
+    with torch.random.fork_rng(devices=[]):  # the trainer builds the codec again from its own seed
+        parts = build_codec(recipe, registry).pretrained_parts()
+    check_pretrained_parts(parts, recipe.allow_random_frozen, what)
 
 
 def format_summary(summary: dict) -> str:

@@ -31,6 +31,13 @@ def run(args) -> int:
             params = sum(p.numel() for p in codec.parameters())
             line += (f"; {len(codec.streams())} streams, {codec.token_rate:g} tokens/s, "
                      f"{codec.bitrate / 1000:g} kbps, {params / 1e6:.2f}M parameters")
+            allow = recipe.allow_random_frozen
+            random = [p.key for p in codec.pretrained_parts() if not p.loaded and allow is not True
+                      and p.key not in (allow or ())]
+            if random:  # valid, but `codecfw train`/`cluster` will refuse to start from it as it is
+                print(f"{path}: note: frozen parts that need pretrained weights are random: {', '.join(random)}; "
+                      f"codecfw train and cluster refuse to start on them (the recipe's comments say where the "
+                      f"weights come from; allow_random_frozen opts in)", file=sys.stderr)
         print(line)
     return 2 if failed else 0
 

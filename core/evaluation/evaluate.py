@@ -130,9 +130,7 @@ class CodecSystem(System):
             codec = AudioTokenizer(codec, codec_id=name, config_hash=str(self.info.get("config_hash", "unknown")),
                                    chunk_seconds=chunk_seconds)
         elif chunk_seconds is not None:
-            from ..tokenizer.chunking import resolve_chunk_policy
-
-            codec.policy = resolve_chunk_policy(codec.codec, chunk_seconds)
+            codec.set_chunk_seconds(chunk_seconds)
         self.tokenizer = codec.to(device)
         self.codec = self.tokenizer.codec
         self.name, self.device = name, torch.device(device)

@@ -9,7 +9,7 @@ Features from the tokens:
 
 * all streams: ``concat(mean_t semantic.from_tokens(...).quantized, mean_t acoustic.from_tokens(...).quantized)``
   (a slot without a quantized output contributes nothing);
-* first stream: a slot may define ``stream_embeddings(tokens) -> {stream: Tensor[B x D x T]}`` (e.g. one RVQ
+* first stream: a slot may implement ``stream_embeddings(tokens) -> {stream: Tensor[B x D x T]}`` (e.g. one RVQ
   layer's codebook vectors); otherwise, when the first stream is its slot's only stream, that slot's
   ``from_tokens`` output; otherwise the slot's ``from_tokens`` with that stream alone; when all fail, the clip's
   normalised token histogram (a bag of codes). Which one was used is recorded.
@@ -53,10 +53,9 @@ def clip_features(codec: Any, wav: Tensor) -> tuple[Tensor, Tensor, str]:
     in_semantic = first.name in sem_names
     slot, names = (codec.semantic, sem_names) if in_semantic else (codec.acoustic, ac_names)
     feature, how = None, ""
-    if hasattr(slot, "stream_embeddings"):
-        emb = slot.stream_embeddings({k: tokens[k] for k in names})
-        if first.name in emb:
-            feature, how = _mean_t(emb[first.name]), "codebook vectors (stream_embeddings)"
+    emb = slot.stream_embeddings({k: tokens[k] for k in names})  # the slot contract's default: {}
+    if first.name in emb:
+        feature, how = _mean_t(emb[first.name]), "codebook vectors (stream_embeddings)"
     if feature is None and len(names) == 1:
         feature, how = _mean_t(semantic.quantized if in_semantic else acoustic.quantized), \
             "quantized features (the slot's only stream)"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from importlib import metadata as md
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import Tensor
 from ..checkpoint import CheckpointError, is_alias, load_checkpoint, resolve_checkpoint_dir  # noqa: F401 - this API
 from ..codec import Codec, build_codec
 from ..config import RecipeBase
-from ..data.audio import Mixdown, resample, to_mono
+from ..data.audio import AudioError, Mixdown, resample, to_mono
 from ..data.stream import AudioSink, AudioSource
 from ..registry import Registry, get_registry
 from .chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy
@@ -115,6 +115,17 @@ class AudioTokenizer:
     def streams(self):
         return self.codec.streams()
 
+    def set_chunk_seconds(self, seconds: float | None) -> None:
+        """Override the window of the codec's chunk policy (``None``: the codec's own)."""
+        self.policy = resolve_chunk_policy(self.codec, seconds)
+
+    def processed_whole(self, num_samples: int, chunked: bool = True) -> bool:
+        """The one short-against-long decision of every encode and decode path: a recording of ``num_samples``
+        (at the codec's rate) goes through the codec in one pass, batched with others of its length, when it fits
+        one window of the chunk policy or when chunking is off (``chunked=False``) or impossible
+        (``policy.chunkable`` false); otherwise window by window."""
+        return not (chunked and self.policy.chunkable) or num_samples <= self.policy.window
+
     def to(self, device: str | torch.device) -> "AudioTokenizer":
         self.device = torch.device(device)
         self.codec.to(self.device)
@@ -192,21 +203,26 @@ class AudioTokenizer:
         whole (memory grows with duration; the reference result for checking the chunked one).
         """
         items = self.prepare(waveform, sample_rate, mixdown=mixdown, resample_input=resample_input)
+        return self._encode_items(items, [{"source_sample_rate": int(sample_rate)}] * len(items), batch_size, chunked)
+
+    def _encode_items(self, items: list[Tensor], metadata: list[dict[str, Any]], batch_size: int,
+                      chunked: bool) -> list[TokenFile]:
+        """Mono ``Tensor[N]`` items at the codec's rate → one token file each (``metadata[i]`` in its header)."""
         results: list[TokenFile | None] = [None] * len(items)
-        meta = {"source_sample_rate": int(sample_rate)}
-        short: dict[int, list[int]] = {}
+        whole: dict[int, list[int]] = {}
         for i, item in enumerate(items):
-            if item.numel() <= self.policy.window or not chunked:
-                short.setdefault(item.numel(), []).append(i)
+            if self.processed_whole(item.numel(), chunked):
+                whole.setdefault(item.numel(), []).append(i)
             else:
                 tokens, n = self._encode_mono([item], batch_size, chunked, None)
-                results[i] = self._token_file(tokens, n, meta)
-        for n, idx in short.items():
+                results[i] = self._token_file(tokens, n, metadata[i])
+        for n, idx in whole.items():
             for k in range(0, len(idx), batch_size):
                 group = idx[k:k + batch_size]
                 tokens = self._encode_batch(torch.stack([items[i] for i in group])[:, None])
                 for j, i in enumerate(group):
-                    results[i] = self._token_file({s: v[j].cpu().numpy() for s, v in tokens.items()}, n, meta)
+                    results[i] = self._token_file({s: v[j].cpu().numpy() for s, v in tokens.items()}, n,
+                                                  metadata[i])
         return results  # type: ignore[return-value]
 
     def encode_file(self, path: str | os.PathLike, *, mixdown: Mixdown = "mean", resample_input: bool = True,
@@ -216,9 +232,55 @@ class AudioTokenizer:
         ``progress(samples)`` is called as windows finish (samples at the codec's rate)."""
         source = AudioSource(path, self.sample_rate, mixdown=mixdown, resample=resample_input)
         tokens, n = self._encode_mono(source.blocks(), batch_size, chunked, progress)
-        info = source.info
-        return self._token_file(tokens, n, {"source": os.path.basename(info.path), "source_sample_rate":
-                                            info.sample_rate, "source_channels": info.channels, "mixdown": mixdown})
+        return self._token_file(tokens, n, _source_metadata(source))
+
+    def encode_files(self, sources: Sequence[AudioSource | str | os.PathLike], *, names: Sequence[str] | None = None,
+                     mixdown: Mixdown = "mean", resample_input: bool = True, batch_size: int = 8,
+                     chunked: bool = True, progress: Callable[[int], None] | None = None
+                     ) -> Iterator[tuple[int, TokenFile | Exception]]:
+        """Encode many audio files: yields ``(index, TokenFile)`` as each is done, or ``(index, exception)`` for a
+        file that could not be read (:class:`~codecfw.core.data.audio.AudioError`) or encoded; one bad file never
+        stops the others (``codecfw encode`` is this loop plus output paths).
+
+        ``sources`` are paths or opened :class:`~codecfw.core.data.stream.AudioSource` objects (whose ``mixdown`` and
+        resampling then apply). Files processed whole (:meth:`processed_whole`) are read and encoded ``batch_size``
+        at a time, equal lengths together; longer ones are streamed window by window (memory bounded by the window).
+        Each header records ``source`` (``names[i]``, default the file name), ``source_sample_rate``,
+        ``source_channels`` and ``mixdown``. ``progress(samples)`` counts samples at the codec's rate."""
+        pending: list[tuple[int, AudioSource]] = []
+
+        def flush() -> Iterator[tuple[int, TokenFile | Exception]]:
+            read: list[tuple[int, AudioSource, Tensor]] = []
+            for i, source in pending:
+                try:
+                    read.append((i, source, source.read()))
+                except AudioError as exc:
+                    yield i, exc
+            pending.clear()
+            try:
+                files = self._encode_items([w for _, _, w in read], [_source_metadata(s, names and names[i])
+                                                                     for i, s, _ in read], batch_size, chunked)
+            except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
+                files = [exc] * len(read)
+            for (i, _, wave), result in zip(read, files):
+                if progress is not None:
+                    progress(wave.numel())
+                yield i, result
+
+        for i, source in enumerate(sources):
+            try:
+                if not isinstance(source, AudioSource):
+                    source = AudioSource(source, self.sample_rate, mixdown=mixdown, resample=resample_input)
+                if self.processed_whole(source.num_samples, chunked):
+                    pending.append((i, source))
+                    if len(pending) >= batch_size:
+                        yield from flush()
+                    continue
+                tokens, n = self._encode_mono(source.blocks(), batch_size, chunked, progress)
+                yield i, self._token_file(tokens, n, _source_metadata(source, names and names[i]))
+            except (AudioError, OSError, RuntimeError, ValueError) as exc:
+                yield i, exc
+        yield from flush()
 
     # -- decoding --------------------------------------------------------------------------------------------
     def check(self, tf: TokenFile, path: str | os.PathLike | None = None) -> None:
@@ -244,7 +306,7 @@ class AudioTokenizer:
     def decode_blocks(self, tf: TokenFile, *, batch_size: int = 8, chunked: bool = True) -> Iterator[Tensor]:
         """Decode one token file as consecutive mono blocks at the codec's rate (bounded memory)."""
         self.check(tf)
-        if chunked and self.policy.chunkable and tf.num_samples > self.policy.window:
+        if not self.processed_whole(tf.num_samples, chunked):
             yield from decode_stream(self._decode_batch, tf.tokens, tf.num_samples, self.policy, self.streams,
                                      self.sample_rate, batch_size)
         else:
@@ -262,7 +324,7 @@ class AudioTokenizer:
         out: list[Tensor | None] = [None] * len(files)
         groups: dict[tuple, list[int]] = {}
         for i, tf in enumerate(files):
-            if chunked and self.policy.chunkable and tf.num_samples > self.policy.window:
+            if not self.processed_whole(tf.num_samples, chunked):
                 out[i] = torch.cat(list(self.decode_blocks(tf, batch_size=batch_size)))[None]
             else:
                 groups.setdefault((tf.num_samples, *sorted(tf.lengths().items())), []).append(i)
@@ -289,3 +351,60 @@ class AudioTokenizer:
                 if progress is not None:
                     progress(block.numel())
         return Path(path)
+
+    def decode_files(self, files: Sequence[TokenFile], targets: Sequence[str | os.PathLike], *,
+                     sample_rate: int | Literal["source"] | None = None, subtype: str | None = None,
+                     batch_size: int = 8, chunked: bool = True, progress: Callable[[int], None] | None = None
+                     ) -> Iterator[tuple[int, Path | Exception]]:
+        """Decode token files into FLAC/WAV files (``targets[i]``, written atomically): yields ``(index, path)`` as
+        each is written, or ``(index, exception)`` when one fails; the others go on (``codecfw decode`` is this
+        loop plus input and output paths). Files processed whole (:meth:`processed_whole`) are decoded
+        ``batch_size`` at a time; longer ones window by window, streamed to the file. ``sample_rate`` resamples the
+        output; ``"source"`` restores each file's ``source_sample_rate`` (the codec's rate when it has none)."""
+
+        def rate(tf: TokenFile) -> int | None:
+            if sample_rate == "source":
+                return int(tf.metadata.get("source_sample_rate") or self.sample_rate)
+            return sample_rate
+
+        def write(i: int, wave: Tensor) -> Path:
+            with AudioSink(targets[i], self.sample_rate, output_rate=rate(files[i]), subtype=subtype) as sink:
+                sink.write(wave.reshape(-1))
+            return Path(targets[i])
+
+        pending: list[int] = []
+
+        def flush() -> Iterator[tuple[int, Path | Exception]]:
+            try:
+                waves: list[Any] = self.decode([files[i] for i in pending], batch_size=batch_size, chunked=chunked)
+            except Exception as exc:  # noqa: BLE001 - one bad batch must not end the run
+                waves = [exc] * len(pending)
+            for i, wave in zip(pending, waves):
+                try:
+                    yield i, wave if isinstance(wave, Exception) else write(i, wave)
+                except (OSError, ValueError) as exc:
+                    yield i, exc
+                if progress is not None:
+                    progress(files[i].num_samples)
+            pending.clear()
+
+        for i, tf in enumerate(files):
+            if self.processed_whole(tf.num_samples, chunked):
+                pending.append(i)
+                if len(pending) >= batch_size:
+                    yield from flush()
+                continue
+            try:
+                yield i, self.decode_to_file(tf, targets[i], sample_rate=rate(tf), subtype=subtype,
+                                             batch_size=batch_size, chunked=chunked, progress=progress)
+            except (OSError, RuntimeError, ValueError) as exc:
+                yield i, exc
+        if pending:
+            yield from flush()
+
+
+def _source_metadata(source: AudioSource, name: str | None = None) -> dict[str, Any]:
+    """What a token file records about the audio it was encoded from."""
+    info = source.info
+    return {"source": name or os.path.basename(info.path), "source_sample_rate": info.sample_rate,
+            "source_channels": info.channels, "mixdown": source.mixdown}

@@ -1,7 +1,8 @@
 """Long recordings: chunked encoding and decoding with memory bounded by the chunk, not the duration.
 
-Each codec says how it may be cut through a :class:`ChunkPolicy`, declared by an optional ``chunk_policy()`` method on
-the :class:`~codecfw.core.codec.Codec` or on any of its slots (semantic front-end, acoustic quantizer, decoder)::
+Each codec says how it may be cut through a :class:`~codecfw.core.types.ChunkPolicy` (re-exported here), declared by
+the ``chunk_policy()`` method of its slots (semantic front-end, acoustic quantizer, decoder; the slot base classes'
+default, ``None``, declares nothing)::
 
     class MyDecoder(Decoder):
         def chunk_policy(self) -> ChunkPolicy:
@@ -38,7 +39,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..types import TokenStream
+from ..types import ChunkPolicy, TokenStream
+
+__all__ = ["ChunkPolicy", "DEFAULT_CONTEXT_SECONDS", "DEFAULT_WINDOW_SECONDS", "decode_stream", "encode_stream",
+           "frame_unit", "frames", "resolve_chunk_policy", "windows"]
 
 #: Window and context used when neither the codec nor its slots declare a policy.
 DEFAULT_WINDOW_SECONDS = 30.0
@@ -46,53 +50,6 @@ DEFAULT_CONTEXT_SECONDS = 1.0
 
 EncodeFn = Callable[[Tensor], dict[str, Tensor]]  # Tensor[B x 1 x n] -> {stream: LongTensor[B x T]}
 DecodeFn = Callable[[dict[str, Tensor], int], Tensor]  # ({stream: LongTensor[B x T]}, n) -> Tensor[B x 1 x n]
-
-
-@dataclass(frozen=True)
-class ChunkPolicy:
-    """How a codec may be cut into windows. All lengths are samples at the codec's sample rate.
-
-    window : int | None
-        Samples per window; ``None`` leaves the choice to other slots (or the default).
-    context : int
-        Neighbouring samples fed on each side of a window and dropped from its output (receptive field).
-    overlap : int
-        Samples by which consecutive *decoding* windows overlap and are cross-faded (linear ramps).
-    align : int
-        Every boundary (window, context, overlap) must be a multiple of this, in addition to whole token frames of
-        every stream (e.g. SemantiCodec's 0.16 s patch columns, 2560 samples).
-    window_align : int
-        The window must also be a multiple of this (e.g. SemantiCodec's 10.24 s encoder segments, 163840 samples),
-        so that encoding windows fall on the codec's own segment boundaries.
-    exact : bool
-        Whether chunked processing reproduces whole-file tokens (encoding) and waveforms up to float rounding
-        (decoding). ``note`` says why not when ``False``.
-    chunkable : bool
-        ``False`` when a slot needs the whole recording at once (global normalisation, full-context attention
-        with no usable window): recordings are then always processed whole and memory grows with duration.
-    """
-
-    window: int | None = None
-    context: int = 0
-    overlap: int = 0
-    align: int = 1
-    window_align: int = 1
-    exact: bool = True
-    chunkable: bool = True
-    note: str = ""
-
-    def __post_init__(self) -> None:
-        if self.window is not None and self.window <= 0:
-            raise ValueError(f"chunk policy: window must be > 0 samples, got {self.window}")
-        if self.context < 0 or self.overlap < 0 or self.align < 1 or self.window_align < 1:
-            raise ValueError(f"chunk policy: context and overlap must be >= 0, align and window_align >= 1; "
-                             f"got {self}")
-
-    @property
-    def hop(self) -> int:
-        """Decoding windows advance by this many samples (encoding windows by ``window``)."""
-        assert self.window is not None
-        return self.window - self.overlap
 
 
 def frame_unit(streams: Sequence[TokenStream], sample_rate: int) -> int:
@@ -113,21 +70,15 @@ def frames(samples: int, stream: TokenStream, sample_rate: int) -> int:
     return int(value)
 
 
-def _declared(obj: Any) -> ChunkPolicy | None:
-    fn = getattr(obj, "chunk_policy", None)
-    return fn() if callable(fn) else None
-
-
 def resolve_chunk_policy(codec: Any, window_seconds: float | None = None) -> ChunkPolicy:
-    """The policy of a composed codec: its own ``chunk_policy()`` if it has one, else the slots' combined (smallest
-    window, largest context and overlap, every ``align``/``window_align`` and frame constraint, ``exact`` only if
-    every slot is), else a default (30 s windows with 1 s of context, not guaranteed exact). ``window_seconds``
-    overrides the window (rounded down to the window's alignment; at least one unit)."""
+    """The policy of a composed codec: its slots' combined (smallest window, largest context and overlap, every
+    ``align``/``window_align`` and frame constraint, ``exact`` only if every slot is), else a default (30 s windows
+    with 1 s of context, not guaranteed exact). ``window_seconds`` overrides the window (rounded down to the
+    window's alignment; at least one unit)."""
     sample_rate, streams = int(codec.sample_rate), codec.streams()
     unit = frame_unit(streams, sample_rate)
-    own = _declared(codec)
-    declared = [own] if own is not None else [p for p in (_declared(getattr(codec, slot, None))
-                                                           for slot in ("semantic", "acoustic", "decoder")) if p]
+    slots = (getattr(codec, name, None) for name in ("semantic", "acoustic", "decoder"))  # duck-typed codecs: tests
+    declared = [p for p in (slot.chunk_policy() for slot in slots if slot is not None) if p is not None]
     if declared:
         windows_ = [p.window for p in declared if p.window is not None]
         policy = ChunkPolicy(

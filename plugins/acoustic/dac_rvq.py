@@ -211,4 +211,4 @@ class DACResidualQuantizer(AcousticQuantizer):
 
 @hookimpl
 def register_acoustic_quantizers(register):
-    register("dac_rvq", DACRVQConfig, DACResidualQuantizer, ddp_synced_codebooks=True)
+    register("dac_rvq", DACRVQConfig, DACResidualQuantizer)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
-from codecfw.core.types import AcousticOutput, BuildContext, Decoder, DecoderOutput, SemanticOutput
+from codecfw.core.types import AcousticOutput, BuildContext, ChunkPolicy, Decoder, DecoderOutput, SemanticOutput
 from codecfw.plugins.nn.dac import DACDecoder, convolutional_chunk_policy
 from codecfw.plugins.nn.semantic_conv import SemanticConvConfig, SemanticDecoder
 
@@ -87,7 +87,7 @@ class DACGenerator(Decoder):
             return y[..., :num_samples]
         return F.pad(y, (0, num_samples - y.shape[-1]))
 
-    def chunk_policy(self):
+    def chunk_policy(self) -> ChunkPolicy:
         return convolutional_chunk_policy(self.sample_rate, self.generator.hop_length)
 
     def reconstruct_semantic(self, acoustic: AcousticOutput) -> Tensor:
@@ -115,4 +115,4 @@ class DACGenerator(Decoder):
 
 @hookimpl
 def register_decoders(register):
-    register("dac_generator", DACGeneratorConfig, DACGenerator, objective="adversarial")
+    register("dac_generator", DACGeneratorConfig, DACGenerator)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
-from codecfw.core.types import AcousticOutput, BuildContext, Decoder, DecoderOutput, SemanticOutput
+from codecfw.core.types import AcousticOutput, BuildContext, Decoder, DecoderOutput, FrozenPart, SemanticOutput
 
 
 class LatentDiffusionDecoderConfig(PluginConfig):
@@ -208,6 +208,15 @@ class LatentDiffusionDecoder(Decoder):
         if missing or unexpected:
             raise KeyError(f"{path}: weights do not fit this decoder's configuration; missing {missing[:5]} "
                            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+
+    def pretrained_parts(self) -> list[FrozenPart]:
+        """The frozen VAE and HiFi-GAN vocoder (AudioLDM 2's), loaded with the whole decoder by ``weights``."""
+        source = ("set decoder.weights to the official decoder.ckpt (haoheliu/SemantiCodec "
+                  "semanticodec_tokenrate_<N>/decoder.ckpt; the T-UNet then starts from it too), or --init-from a "
+                  "checkpoint made by `codecfw import semanticodec -o DIR`")
+        loaded = bool(self.cfg.weights)
+        return [FrozenPart("vae", "the mel VAE (frozen latent space of the diffusion model)", loaded, source),
+                FrozenPart("vocoder", "the HiFi-GAN vocoder (frozen mel-to-waveform)", loaded, source)]
 
     def train(self, mode: bool = True) -> "LatentDiffusionDecoder":
         super().train(mode)
@@ -451,4 +460,4 @@ class LatentDiffusionDecoder(Decoder):
 
 @hookimpl
 def register_decoders(register):
-    register("latent_diffusion", LatentDiffusionDecoderConfig, LatentDiffusionDecoder, objective="diffusion")
+    register("latent_diffusion", LatentDiffusionDecoderConfig, LatentDiffusionDecoder)

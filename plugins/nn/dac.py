@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from codecfw.core.types import ChunkPolicy
+
 
 def WNConv1d(*args, **kwargs) -> nn.Conv1d:
     """``nn.Conv1d`` under weight norm (norm over every dimension but the output channels)."""
@@ -196,11 +198,9 @@ class DACDecoder(nn.Module):
             return self.model(latent)
 
 
-def convolutional_chunk_policy(sample_rate: int, hop_length: int, context_seconds: float = 1.0):
+def convolutional_chunk_policy(sample_rate: int, hop_length: int, context_seconds: float = 1.0) -> ChunkPolicy:
     """Chunking for the DAC encoder/generator: ``context_seconds`` of neighbouring audio on each side covers their
     receptive field (about 0.55 s each side at hop 320), so chunked outputs equal whole-file ones up to float rounding.
     """
-    from codecfw.core.tokenizer.chunking import ChunkPolicy
-
     context = math.ceil(context_seconds * sample_rate / hop_length) * hop_length
     return ChunkPolicy(context=context, align=hop_length, exact=True)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from codecfw import hookimpl
 from codecfw.core.config import CodebookSize, PluginConfig
-from codecfw.core.types import SemanticFrontend, SemanticOutput, TokenStream
+from codecfw.core.types import FrozenPart, SemanticFrontend, SemanticOutput, TokenStream
 from codecfw.plugins.nn.dac import DACEncoder, convolutional_chunk_policy
 from codecfw.plugins.semantic.anchor_codebook import AnchorCodebook, load_codebook_file
 from codecfw.plugins.semantic.ssl_teacher import HiddenStateReader, TeacherSettings, load_teacher
@@ -174,6 +174,13 @@ class SemanticAnchoringFrontend(SemanticFrontend):
         if self.cfg.teacher is None:
             raise ValueError("semantic.teacher is null: clustering needs the teacher whose units the codebook holds")
         return self._teacher_features(waveform)
+
+    def pretrained_parts(self) -> list[FrozenPart]:
+        """The anchoring codebook (``codebook: null`` = random) and the teacher, when there is one."""
+        codebook = FrozenPart("codebook", "the anchor codebook (frozen centroids of the teacher's units)",
+                              bool(self.cfg.codebook), "set semantic.codebook to the output of `codecfw cluster "
+                              "RECIPE`, a .npy [K x D] or the mHuBERT faiss .index", feeds_features=False)
+        return [codebook] + ([self.cfg.teacher.frozen_part("semantic.teacher")] if self.cfg.teacher else [])
 
     def chunk_policy(self):
         """Tokens depend on the conv encoder's receptive field only (the teacher never runs when encoding)."""

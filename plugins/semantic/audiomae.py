@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from codecfw import hookimpl
 from codecfw.core.checkpoint import read_state_dict
 from codecfw.core.config import PluginConfig, StrictModel
-from codecfw.core.types import SemanticFrontend, SemanticOutput, TokenStream
+from codecfw.core.types import ChunkPolicy, FrozenPart, SemanticFrontend, SemanticOutput, TokenStream
 
 from codecfw.plugins.semantic.kmeans_codebook import KMeansCodebooks
 
@@ -378,10 +378,8 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
                 fbank = fbank.reshape(x.shape[0], segments * SEGMENT_FRAMES, MEL_BINS)
         return fbank, self.layout.num_tokens(n, self.cfg.reference_compat)
 
-    def chunk_policy(self):
+    def chunk_policy(self) -> ChunkPolicy:
         """Encoding windows of 10.24 s on the token grid (see ``codecfw.core.tokenizer.chunking``)."""
-        from codecfw.core.tokenizer.chunking import ChunkPolicy
-
         sr = self.input_sample_rate
         window, align = SEGMENT_SAMPLES * sr // SAMPLE_RATE, self.layout.samples_per_column * sr // SAMPLE_RATE
         if self.cfg.reference_compat:
@@ -389,6 +387,23 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
                                note="reference_compat: one fbank over the whole file (its mean and the last two "
                                     "frames of each 10.24 s window depend on the neighbouring window)")
         return ChunkPolicy(window=window, align=align, exact=True)
+
+    def pretrained_parts(self) -> list[FrozenPart]:
+        """The frozen AudioMAE and the frozen k-means codebooks: both come from SemantiCodec's official release
+        (``haoheliu/SemantiCodec`` on the Hugging Face hub), or the codebooks from ``codecfw cluster``."""
+        tps = round(self.frame_rate * 2)  # two streams at the semantic frame rate
+        official = f"haoheliu/SemantiCodec semanticodec_tokenrate_{tps}"
+        return [
+            FrozenPart("audiomae", "the AudioMAE encoder (frozen feature extractor)", bool(self.cfg.audiomae_weights),
+                       f"set semantic.audiomae_weights to the official encoder.ckpt ({official}/encoder.ckpt) or an "
+                       f"AudioMAE .pth, or --init-from a checkpoint made by `codecfw import semanticodec "
+                       f"--token-rate {tps} -o DIR`"),
+            FrozenPart("codebooks", "the k-means codebooks (frozen semantic vocabularies)",
+                       all(c.path for c in self.cfg.codebooks),
+                       f"set semantic.codebooks[i].path to the official codebook_<size/2>_0.npy files (haoheliu/"
+                       f"SemantiCodec codebook_idx/combine_{self.segment_tokens}_audioset_dominate/) or to the "
+                       f"output of `codecfw cluster RECIPE`", feeds_features=False),
+        ]
 
     def valid_rows(self, fbank: Tensor) -> Tensor:
         """Per-window token rows before the trailing-silence cutoff.
@@ -467,5 +482,4 @@ class AudioMAEKMeansFrontend(SemanticFrontend):
 @hookimpl
 def register_semantic_frontends(register):
     register("audiomae_kmeans", AudioMAEKMeansConfig,
-             lambda cfg, ctx: AudioMAEKMeansFrontend(cfg, ctx.sample_rate if ctx is not None else SAMPLE_RATE),
-             tokens=True, frozen=True, clusterable=True)
+             lambda cfg, ctx: AudioMAEKMeansFrontend(cfg, ctx.sample_rate if ctx is not None else SAMPLE_RATE))

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig, StrictModel
-from codecfw.core.types import SemanticFrontend, SemanticOutput
+from codecfw.core.types import ChunkPolicy, FrozenPart, SemanticFrontend, SemanticOutput
 
 from codecfw.plugins.nn.semantic_conv import SemanticConvConfig, SemanticEncoder
 
@@ -77,6 +77,13 @@ class TeacherSettings(StrictModel):
                            "(its exact features, at 30 s / input-length times the compute); false: encode the input "
                            "at its own length (positional embeddings sliced), whose deeper layers differ from the "
                            "padded ones (docs/xcodec.md, Whisper as teacher)")
+
+    def frozen_part(self, where: str) -> FrozenPart:
+        """The teacher as a :class:`FrozenPart`: pretrained unless ``teacher_config`` builds it untrained (a loading
+        failure already stops the build with :class:`TeacherNotFoundError`). ``where``: its recipe key prefix."""
+        return FrozenPart("teacher", f"the SSL teacher {self.model!r} (frozen)", self.teacher_config is None,
+                          f"remove {where}.teacher_config to load {where}.model (a hub id in the Hugging Face cache, "
+                          f"or a local save_pretrained folder, e.g. from `codecfw import whisper`)")
 
 
 class SSLTeacherConfig(TeacherSettings, PluginConfig):
@@ -232,9 +239,10 @@ class SSLTeacherFrontend(SemanticFrontend):
         self.teacher.train(mode and self.cfg.teacher_train_mode)
         return self
 
-    def chunk_policy(self):
-        from codecfw.core.tokenizer.chunking import ChunkPolicy
+    def pretrained_parts(self) -> list[FrozenPart]:
+        return [self.cfg.frozen_part("semantic")]
 
+    def chunk_policy(self) -> ChunkPolicy:
         return ChunkPolicy(context=self.sample_rate, align=self.hop_length, exact=False,
                            note="the SSL teacher attends over its whole input, so chunked tokens differ slightly "
                                 "from whole-file tokens (1 s of context on each side limits the difference)")
@@ -253,5 +261,4 @@ class SSLTeacherFrontend(SemanticFrontend):
 
 @hookimpl
 def register_semantic_frontends(register):
-    register("ssl_teacher", SSLTeacherConfig, lambda cfg, ctx: SSLTeacherFrontend(cfg, ctx.sample_rate),
-             emits_tokens=False, pretrained_teacher=True)
+    register("ssl_teacher", SSLTeacherConfig, lambda cfg, ctx: SSLTeacherFrontend(cfg, ctx.sample_rate))
