@@ -40,7 +40,6 @@ import gzip
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -672,9 +671,6 @@ def prune(out: Path, planned: set[str]) -> None:
         print(f"removed {len(stale)} files no longer in the plan", file=sys.stderr)
 
 
-_PENDING: list[Job] = []  # the jobs handed to forked workers, by index (jobs hold closures, which do not pickle)
-
-
 def _render(out: Path, job: Job) -> None:
     with tempfile.TemporaryDirectory(prefix="corpus-work-") as work:
         try:
@@ -686,17 +682,16 @@ def _render(out: Path, job: Job) -> None:
         write_audio(out / job.rel, finish(wav, sr, job.max_seconds), SR, subtype="PCM_16")
 
 
-def _render_pending(args: tuple[Path, int]) -> int:
-    torch.set_num_threads(1)
-    _render(args[0], _PENDING[args[1]])
-    return args[1]
-
-
 def build(out: Path, jobs: list[Job], held_out: dict[str, set[str]], progress: bool = True,
           workers: int = 1) -> list[dict]:
-    """Render every missing file (in ``workers`` processes), then write the manifests. Returns the manifest rows,
-    sorted by path. Each file depends only on its job, so the result does not depend on ``workers``."""
-    global _PENDING
+    """Render every missing file (``workers`` at a time), then write the manifests. Returns the manifest rows,
+    sorted by path. Each file depends only on its job, so the result does not depend on ``workers``.
+
+    Workers are threads: rendering is mostly external synthesizers (subprocesses) and torch kernels, both of which
+    release the GIL, and threads need neither pickling (jobs hold closures) nor fork, which deadlocks a child when
+    the parent's OpenMP or onnxruntime threads held a lock at the moment of the fork."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     ordered = sorted(jobs, key=lambda j: j.rel)
@@ -709,13 +704,9 @@ def build(out: Path, jobs: list[Job], held_out: dict[str, set[str]], progress: b
     with tqdm(total=len(ordered), initial=len(ordered) - len(missing), desc="corpus", unit="file",
               disable=not progress, mininterval=2.0) as bar:
         if workers > 1 and len(missing) > 1:
-            _PENDING = missing
-            try:
-                with multiprocessing.get_context("fork").Pool(workers) as pool:
-                    for _ in pool.imap_unordered(_render_pending, [(out, i) for i in range(len(missing))]):
-                        bar.update()
-            finally:
-                _PENDING = []
+            with ThreadPoolExecutor(workers) as pool:
+                for _ in pool.map(lambda job: _render(out, job), missing):
+                    bar.update()
         else:
             for job in missing:
                 _render(out, job)
@@ -808,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--install", action="store_true", help="apt-get install the synthesis/rendering tools "
                                                            f"({' '.join(TOOL_PACKAGES)}) after checking them")
     ap.add_argument("--tiny", action="store_true", help="a few seconds per domain from what is installed (tests)")
-    ap.add_argument("--workers", type=int, default=1, help="rendering processes (the output does not depend on it)")
+    ap.add_argument("--workers", type=int, default=1, help="files rendered at a time, in threads (the output does not depend on it)")
     ap.add_argument("--verify", type=int, default=0, metavar="N",
                     help="after building, render N files again in a temporary folder and compare them byte for byte")
     ap.add_argument("--no-progress", action="store_true")
