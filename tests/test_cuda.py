@@ -106,21 +106,9 @@ def test_ddp_step_over_nccl(corpus, tmp_path):
 
 
 def test_compiled_dac_blocks_match_eager_on_cuda():
-    from codecfw.core.training.trainer import compile_marked_modules
-    from codecfw.plugins.nn.dac import DACDecoder, DACEncoder
+    from .test_precision_compile import _compiled_matches_eager
 
-    torch.manual_seed(0)
-    eager = torch.nn.Sequential(DACEncoder(8, (2, 4), 16), DACDecoder(16, 32, (4, 2))).cuda()
-    compiled = torch.nn.Sequential(DACEncoder(8, (2, 4), 16), DACDecoder(16, 32, (4, 2))).cuda()
-    compiled.load_state_dict(eager.state_dict())
-    assert compile_marked_modules(compiled) == ["0", "1"]
-    x = torch.randn(2, 1, 256, device="cuda")
-    y_eager, y_compiled = eager(x), compiled(x)
-    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-4, atol=1e-5)
-    y_eager.square().mean().backward()
-    y_compiled.square().mean().backward()
-    for a, b in zip(compiled.parameters(), eager.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5)
+    _compiled_matches_eager("inductor", device="cuda", grad_rtol=1e-3, atol=1e-5)
 
 
 def test_kmeans_on_cuda_matches_cpu():

@@ -61,19 +61,22 @@ def _dac_pair():
     return torch.nn.Sequential(DACEncoder(4, (2, 2), 8), DACDecoder(8, 16, (2, 2)))
 
 
-def _compiled_matches_eager(backend: str) -> None:
+def _compiled_matches_eager(backend: str = "inductor", device: str = "cpu", grad_rtol: float = 1e-4,
+                            atol: float = 1e-6) -> None:
+    """Compiled DAC blocks give the eager outputs and gradients, and keep their checkpoint names (tests/test_cuda.py
+    runs this on CUDA)."""
     torch.manual_seed(0)
-    eager, compiled = _dac_pair(), _dac_pair()
+    eager, compiled = _dac_pair().to(device), _dac_pair().to(device)
     compiled.load_state_dict(eager.state_dict())
     assert compile_marked_modules(compiled, backend) == ["0", "1"]
     assert list(compiled.state_dict()) == list(eager.state_dict())  # checkpoints keep their names
-    x = torch.randn(2, 1, 64)
+    x = torch.randn(2, 1, 64, device=device)
     y_compiled, y_eager = compiled(x), eager(x)
-    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(y_compiled, y_eager, rtol=1e-4, atol=atol)
     y_compiled.square().mean().backward()
     y_eager.square().mean().backward()
     for a, b in zip(compiled.parameters(), eager.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a.grad, b.grad, rtol=grad_rtol, atol=atol)
 
 
 def test_compiled_dac_blocks_match_eager_aot_autograd():
