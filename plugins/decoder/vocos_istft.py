@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
-from codecfw.core.types import AcousticOutput, BuildContext, Decoder, DecoderOutput, SemanticOutput
+from codecfw.core.types import AcousticOutput, BuildContext, ChunkPolicy, Decoder, DecoderOutput, SemanticOutput
 
 
 class VocosISTFTConfig(PluginConfig):
@@ -107,8 +107,6 @@ class VocosISTFTDecoder(Decoder):
     def chunk_policy(self):
         """Chunks need the backbone's receptive field on each side: the embedding conv and every ConvNeXt block
         see ±3 frames, the iSTFT window ±n_fft/2 samples (rounded up to whole hops)."""
-        from codecfw.core.tokenizer.chunking import ChunkPolicy
-
         frames = 3 * (self.cfg.num_layers + 1)
         samples = frames * self.istft_hop + self.n_fft
         context = math.ceil(samples / self.hop_length) * self.hop_length
@@ -120,4 +118,4 @@ class VocosISTFTDecoder(Decoder):
 
 @hookimpl
 def register_decoders(register):
-    register("vocos_istft", VocosISTFTConfig, VocosISTFTDecoder, objective="adversarial")
+    register("vocos_istft", VocosISTFTConfig, VocosISTFTDecoder)
