@@ -47,8 +47,13 @@ class PretrainedSpec(PluginConfig):
     :func:`pretrained_spec` so the registry's ``kind`` is the name."""
 
     kind: str
-    repo_id: str = Field(description="Hugging Face hub repository, e.g. haoheliu/SemantiCodec")
-    files: list[str] = Field(description="files of the repository the converter needs (paths inside the repo)")
+    repo_id: str = Field("", description="Hugging Face hub repository, e.g. haoheliu/SemantiCodec; empty for a codec "
+                                         "shipped inside a package (``folder``)")
+    files: list[str] = Field(default_factory=list,
+                             description="files of the repository the converter needs (paths inside the repo)")
+    folder: str | None = Field(None, description="a codecfw checkpoint folder installed with a package "
+                                                 "(``model.safetensors`` + ``meta.json``): loaded as it is, no "
+                                                 "download and no conversion; see :func:`bundled_spec`")
     revision: str | None = Field(None, description="branch, tag or commit; None = the default branch")
     options: dict[str, Any] = Field(default_factory=dict, description="converter settings (token rate, ...)")
     description: str = ""
@@ -68,6 +73,13 @@ def pretrained_spec(name: str, **fields: Any) -> type[PretrainedSpec]:
     safe = "".join(c if c.isalnum() else "_" for c in name)
     return create_model(f"Pretrained_{safe}", __base__=PretrainedSpec,
                         kind=(Literal[name], name), **typed)  # type: ignore[call-overload]
+
+
+def bundled_spec(name: str, folder: str | os.PathLike, **fields: Any) -> type[PretrainedSpec]:
+    """The spec of a codec whose weights ship inside a package: ``folder`` is a checkpoint folder (typically
+    written by :func:`release_checkpoint` next to the registering module), so ``codecfw.load(name)`` works offline
+    right after ``pip install``."""
+    return pretrained_spec(name, folder=str(folder), **fields)
 
 
 @dataclass
@@ -126,6 +138,9 @@ def local_folder(name: str) -> Path:
 def fetch_files(spec: PretrainedSpec, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
     """Local paths of ``spec.files``: from the local folder if complete, else through huggingface_hub (download
     when online, cache only when ``HF_HUB_OFFLINE=1`` or the hub is unreachable)."""
+    if not spec.repo_id:
+        raise PretrainedUnavailable(f"pretrained {spec.kind!r}: no hub repository to fetch files from"
+                                    + (f" (its weights ship in {spec.folder})" if spec.folder else ""))
     local = local_folder(spec.kind)
     if all((local / f).is_file() for f in spec.files):
         return {f: local / f for f in spec.files}
@@ -179,6 +194,8 @@ def load_pretrained(name: str, registry=None, cache_dir: str | os.PathLike | Non
     registry = registry or get_registry()
     reg = registry.get("pretrained", name)
     spec = reg.config()
+    if spec.folder:
+        return _load_bundled(spec, registry)
     target = converted_folder(spec)
     if not reconvert and (target / "model.safetensors").is_file():
         try:
@@ -201,3 +218,49 @@ def save_converted(folder: Path, spec: PretrainedSpec, converted: Converted, reg
     recipe = validate_recipe(converted.recipe, registry, source=f"pretrained {spec.kind}")
     return save_codec_folder(folder, converted.state_dict, recipe, registry, pretrained=spec.model_dump(mode="json"),
                              **converted.metadata)
+
+
+def _load_bundled(spec: PretrainedSpec, registry):
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    folder = Path(spec.folder)
+    if not (folder / "model.safetensors").is_file():
+        raise PretrainedUnavailable(f"pretrained {spec.kind!r}: its weights should ship at {folder / 'model.safetensors'}"
+                                    f" but the file is missing; reinstall the package that registers it")
+    try:
+        return load_checkpoint(folder, registry, prefer_ema=False)
+    except CheckpointError as exc:
+        raise CheckpointError(f"pretrained {spec.kind!r}: {exc}") from None
+
+
+def release_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: Any = None,
+                       overrides: dict[str, Any] | None = None, registry=None, **meta: Any) -> Path:
+    """Write a trained checkpoint as a folder to ship (``model.safetensors`` + ``meta.json``): the EMA weights when
+    the checkpoint has them, floating tensors cast to ``dtype`` (e.g. ``torch.float16`` halves the size; loading
+    casts back to the model's dtype), the recipe with ``overrides`` applied (dotted keys, e.g. inputs that exist
+    only on the training machine) and re-validated. Returns ``out``; written atomically."""
+    import torch
+
+    from .checkpoint import load_checkpoint, save_codec_folder
+    from .config import validate_recipe
+    from .registry import get_registry
+
+    registry = registry or get_registry()
+    codec, recipe, source_meta = load_checkpoint(checkpoint, registry, prefer_ema=True)
+    data = recipe.model_dump(mode="json")
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise KeyError(f"release override {key!r}: {part!r} is not a section of the recipe")
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"release override {key!r}: the recipe has no key {leaf!r} there")
+        node[leaf] = value
+    released = validate_recipe(data, registry, source=f"release of {checkpoint}")
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+             for k, v in codec.state_dict().items()}
+    trained = {k: source_meta[k] for k in ("step", "config_hash") if k in source_meta}
+    return save_codec_folder(Path(out), state, released, registry, **{
+        "step": source_meta.get("step", 0), "trained_from": {"checkpoint": Path(checkpoint).name, **trained}, **meta})

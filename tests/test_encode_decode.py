@@ -23,7 +23,7 @@ from codecfw.core.cli import main
 from codecfw.core.codec import build_codec
 from codecfw.core.config import validate_recipe
 from codecfw.core.pretrained import Converted, PretrainedUnavailable, pretrained_spec
-from codecfw.plugins.pretrained.names import builtin_specs
+from codecfw.plugins.pretrained.names import builtin_specs, bundled_specs
 from codecfw.core.tokenizer.tokens import TokenFile
 from codecfw.core.types import TokenStream
 
@@ -527,8 +527,78 @@ def test_builtin_names_point_at_the_official_files(tmp_path, monkeypatch):
                                                            "config_hubert.yaml"]
     registry = Registry(strict=True)
     registry.register_module(pretrained_module, name="pretrained")
-    assert set(registry.kinds("pretrained")) == set(specs)
+    assert set(registry.kinds("pretrained")) == set(specs) | {name for name, _ in bundled_specs()}
     monkeypatch.setenv("CODECFW_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(PretrainedUnavailable, match="models--haoheliu--SemantiCodec"):
         load("semanticodec-100tps.32k", registry=registry, cache_dir=tmp_path / "hf")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Codecs shipped inside a package (bundled names) and release_checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ema_checkpoint(tmp_path: Path, registry) -> tuple[Path, dict]:
+    """A toy run checkpoint whose EMA weights differ from its model weights."""
+    torch.manual_seed(5)
+    recipe = validate_recipe(TOY_RECIPE, registry)
+    codec = build_codec(recipe, registry)
+    ema = {k: v.detach() + 0.01 for k, v in codec.named_parameters()}
+    folder = save_checkpoint(tmp_path / "run", 40, {"model": codec, "ema": ema},
+                             {"recipe": recipe.model_dump(mode="json"), "config_hash": recipe.config_hash()}, {})
+    return folder, ema
+
+
+def test_release_writes_ema_weights_in_half_precision_and_rewrites_the_recipe(tmp_path, registry):
+    from codecfw.core.checkpoint import read_checkpoint_meta, read_safetensors
+    from codecfw.core.pretrained import release_checkpoint
+
+    folder, ema = _ema_checkpoint(tmp_path, registry)
+    out = release_checkpoint(folder, tmp_path / "shipped", dtype=torch.float16,
+                             overrides={"description": "shipped"}, registry=registry, released_as="toy-shipped")
+    weights = read_safetensors(out / "model.safetensors")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    for name, value in ema.items():  # the EMA weights, not the raw ones, rounded to float16
+        assert torch.equal(weights[name], value.to(torch.float16)), name
+    meta = read_checkpoint_meta(out)
+    assert meta["recipe"]["description"] == "shipped" and meta["step"] == 40 and meta["released_as"] == "toy-shipped"
+    assert meta["trained_from"] == {"checkpoint": folder.name, "step": 40,
+                                    "config_hash": validate_recipe(TOY_RECIPE, registry).config_hash()}
+    with pytest.raises(KeyError, match="'semantic.nonexistent'.*no key 'nonexistent'"):
+        release_checkpoint(folder, tmp_path / "bad", overrides={"semantic.nonexistent": 1}, registry=registry)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_bundled_name_loads_offline_in_float32_and_round_trips(tmp_path, registry, monkeypatch):
+    from codecfw.core.pretrained import bundled_spec, release_checkpoint
+
+    folder, ema = _ema_checkpoint(tmp_path, registry)
+    shipped = release_checkpoint(folder, tmp_path / "pkg" / "weights" / "toy-shipped", dtype=torch.float16,
+                                 registry=registry)
+    plugin = types.ModuleType("toy_bundled")
+
+    @hookimpl
+    def register_pretrained(register):
+        register("toy-shipped", bundled_spec("toy-shipped", shipped), lambda spec, files: None)
+
+    plugin.register_pretrained = register_pretrained
+    registry.register_module(plugin, name="toy_bundled")
+    monkeypatch.setenv("CODECFW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = load("toy-shipped")
+    params = dict(tok.codec.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values())
+    for name, value in ema.items():
+        assert torch.equal(params[name].data, value.to(torch.float16).float()), name
+    assert not (tmp_path / "cache").exists()  # nothing converted or cached: the package's folder is loaded
+    audio = write(tmp_path / "in.wav", noise(SR))
+    assert main(["encode", str(audio), "-o", str(tmp_path / "t.cfwt"), "-c", "toy-shipped", "--quiet"]) == 0
+    assert main(["decode", str(tmp_path / "t.cfwt"), "-o", str(tmp_path / "out.wav"), "-c", "toy-shipped",
+                 "--quiet"]) == 0
+    assert sf.info(tmp_path / "out.wav").frames == SR
+    assert main(["import", "pretrained", "toy-shipped", "-o", str(tmp_path / "copy")]) == 0
+    assert (tmp_path / "copy" / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    (shipped / "model.safetensors").unlink()
+    with pytest.raises(PretrainedUnavailable, match="should ship at .*model.safetensors.*reinstall"):
+        load("toy-shipped")

@@ -32,6 +32,8 @@ def test_wheel_layout(wheel):
                      "codecfw/plugins/decoder/__init__.py", "codecfw/tests/toy_codec.py"):
         assert required in names, required
     assert any(n.startswith("codecfw/recipes/") and n.endswith(".yaml") for n in names)
+    for shipped in ("model.safetensors", "meta.json"):  # codecfw's own trained codec ships in the wheel
+        assert f"codecfw/plugins/pretrained/weights/codecfw-sacodec-small-16k/{shipped}" in names
     # every built-in plugin module named by an entry point is inside the wheel
     (ep_file,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     parser = configparser.ConfigParser()
@@ -49,7 +51,10 @@ def test_installed_wheel_imports_and_lists_plugins(wheel, tmp_path):
                    check=True, capture_output=True, timeout=600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CODECFW_")}
     env["PYTHONPATH"] = str(site)
-    code = ("import codecfw, json; from codecfw.core.registry import get_registry; r = get_registry(); "
+    env.update(HF_HUB_OFFLINE="1", CODECFW_CACHE=str(tmp_path / "cache"), HF_HOME=str(tmp_path / "hf"))
+    code = ("import codecfw, json, torch; from codecfw.core.registry import get_registry; r = get_registry(); "
+            "tok = codecfw.load('codecfw-sacodec-small-16k'); (tf,) = tok.encode(torch.zeros(1, 16000), 16000); "
+            "assert tok.decode(tf)[0].shape == (1, 16000); "
             "print(codecfw.__file__); print(json.dumps(sorted(r.kinds('acoustic'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
                             timeout=300)

@@ -78,7 +78,7 @@ def run(args) -> int:
     probe = {"label_key": args.probe} if args.probe else None
     result = evaluate([*systems, *commands, *anchors], clips, metrics, args.out, sample_rate=args.sample_rate,
                       max_seconds=args.max_seconds, report_clips=report_clips, probe=probe,
-                      progress=not args.no_progress, data_source=args.data)
+                      progress=not args.no_progress, data_source=args.data, group_by=args.group_by)
     from ..evaluation.report import fmt
 
     cols = [c for c in ("bitrate_kbps", "mel", "stft", "si_sdr", "pesq", "stoi", "wer", "dwer") if c in result.columns]
@@ -126,6 +126,9 @@ def register(sub) -> None:
                    help="sample rate of the WAV given to --command (default 16000)")
     p.add_argument("--report-clips", type=int, default=3, help="clips shown in the report (one per domain first)")
     p.add_argument("--clips", default=None, help="comma-separated clip ids to show in the report instead")
+    p.add_argument("--group-by", default=None, metavar="COLUMN",
+                   help="also summarise each domain per value of this manifest column (e.g. kind: "
+                        "speech/recorded, speech/synthetic)")
     p.add_argument("--probe", nargs="?", const="domain", default=None, metavar="LABEL",
                    help="semantic probe (SemantiCodec Table III) on this manifest column (default: domain)")
     p.add_argument("--override", dest="overrides", action="append", default=[], metavar="KEY.SUB=VALUE",

@@ -26,6 +26,15 @@ def _convert_pretrained(name: str, dst: str, files_dir: str | None) -> Path:
     registry = get_registry()
     reg = registry.get("pretrained", name)
     spec = reg.config()
+    if spec.folder:  # shipped as a codecfw checkpoint already: a copy, written atomically
+        import shutil
+
+        from ..atomic import atomic_folder
+
+        with atomic_folder(Path(dst)) as tmp:
+            for file in ("model.safetensors", "meta.json"):
+                shutil.copy2(Path(spec.folder) / file, tmp / file)
+        return Path(dst)
     if files_dir is not None:
         folder = Path(files_dir)
         missing = [f for f in spec.files if not (folder / f).is_file()]

@@ -254,8 +254,11 @@ def _mean(values: list[float]) -> float:
 def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence[Metric],
              out_dir: str | Path | None = None, *, sample_rate: int | None = None, max_seconds: float | None = None,
              report_clips: int | Sequence[str] = 3, probe: dict[str, Any] | None = None, progress: bool = True,
-             data_source: str | None = None) -> EvalResult:
+             data_source: str | None = None, group_by: str | None = None) -> EvalResult:
     """Score every system on every clip with every metric; write the outputs when ``out_dir`` is given.
+
+    group_by : a manifest column (e.g. ``kind``: recorded/synthetic); the summary then adds, under each domain, one
+        row per value of that column (``speech/recorded``), so a subset is compared without a second run.
 
     probe : keyword arguments of :func:`.probe.run_probe` (e.g. ``{"label_key": "domain"}``), run for
         each codec system.
@@ -314,6 +317,8 @@ def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence
             add_columns(metric.columns(), metric)
         for clip in tqdm(clips, desc=f"eval {system.name}", disable=not progress, leave=False):
             row: dict[str, Any] = {"system": system.name, "clip": clip.id, "domain": clip.domain or ""}
+            if group_by:
+                row["group"] = str(clip.meta.get(group_by) or "")
             rows.append(row)
             if system.domains is not None and clip.domain is not None and clip.domain not in system.domains:
                 row["skipped"] = f"system for {'/'.join(system.domains)} only"
@@ -395,13 +400,21 @@ def evaluate(systems: Sequence[System], clips: Sequence[Clip], metrics: Sequence
 
 def summarise(rows: list[dict[str, Any]], columns: list[str], corpus: dict[str, dict[str, float]]
               ) -> list[dict[str, Any]]:
-    """Per system: an ``all`` row (corpus-level values where a metric defines them) then one row per domain."""
+    """Per system: an ``all`` row (corpus-level values where a metric defines them) then one row per domain (and per
+    ``domain/group`` value when rows carry a ``group``)."""
     out = []
     for system in dict.fromkeys(r["system"] for r in rows):
         mine = [r for r in rows if r["system"] == system and "seconds" in r]
         domains = sorted({r["domain"] for r in mine if r["domain"]})
-        for domain in ["all", *domains]:
-            group = mine if domain == "all" else [r for r in mine if r["domain"] == domain]
+        # ``group`` (evaluate's group_by): sub-rows ``domain/value`` after each domain that holds several values
+        subgroups = []
+        for domain in domains:
+            members = [r for r in mine if r["domain"] == domain]
+            subgroups.append((domain, members))
+            values = sorted({r.get("group", "") for r in members} - {""})
+            if len(values) > 1:
+                subgroups += [(f"{domain}/{v}", [r for r in members if r.get("group") == v]) for v in values]
+        for domain, group in [("all", mine), *subgroups]:
             entry: dict[str, Any] = {"system": system, "domain": domain, "clips": len(group),
                                      "seconds": sum(r["seconds"] for r in group)}
             for col in ["rtf", *columns]:

@@ -251,7 +251,7 @@ def write_outputs(result: Any, out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     result.out_dir = out_dir
-    base = ["system", "clip", "domain", "seconds", "rtf"]
+    base = ["system", "clip", "domain", *(["group"] if any("group" in r for r in result.rows) else []), "seconds", "rtf"]
     write_csv(out_dir / "clips.csv", result.rows, base + result.columns + ["skipped"])
     write_csv(out_dir / "summary.csv", result.summary, ["system", "domain", "clips", "seconds", "rtf",
                                                         *result.columns])

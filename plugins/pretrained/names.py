@@ -1,4 +1,5 @@
-"""codecfw's own pretrained names: the official SemantiCodec and X-Codec checkpoints on the Hugging Face hub.
+"""codecfw's own pretrained names: the official SemantiCodec and X-Codec checkpoints on the Hugging Face hub, and
+the codecs codecfw trained itself, whose weights ship in the package (``weights/<name>/``, no download).
 
 Registered through the ``pretrained`` entry point with the same ``register_pretrained`` hook a third party uses
 (see :mod:`codecfw.core.pretrained`); each converter is named as ``"module:function"`` so it is imported only when
@@ -7,8 +8,13 @@ its name is loaded.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from codecfw import hookimpl
-from codecfw.core.pretrained import PretrainedSpec, lazy_converter, pretrained_spec
+from codecfw.core.pretrained import PretrainedSpec, bundled_spec, lazy_converter, pretrained_spec
+
+#: Checkpoint folders of the codecs trained by codecfw, installed with the package (package data).
+WEIGHTS = Path(__file__).parent / "weights"
 
 
 SEMANTICODEC_CONVERTER = "codecfw.plugins.pretrained.semanticodec:convert_official_semanticodec"
@@ -50,7 +56,26 @@ def builtin_specs() -> list[tuple[str, type[PretrainedSpec], str]]:
     return out
 
 
+def bundled_specs() -> list[tuple[str, type[PretrainedSpec]]]:
+    """(name, spec class) of the codecs trained by codecfw (recipes/, docs/pretrained.md), weights in ``WEIGHTS``."""
+    return [
+        ("codecfw-sacodec-small-16k", bundled_spec(
+            "codecfw-sacodec-small-16k", WEIGHTS / "codecfw-sacodec-small-16k",
+            description="codecfw's small SACodec-structured codec: 16 kHz, 1.4 kbps (50 Hz x 12 + 16 bits), Whisper "
+                        "tiny.en-anchored semantic tokens + SimVQ acoustic tokens, Vocos decoder; 5.9M parameters, "
+                        "trained on CPU (recipes/sacodec_small_16k.yaml)",
+            license="MIT (weights); trained on the Debian corpus of scripts/make_training_corpus.py",
+            url="docs/pretrained.md")),
+    ]
+
+
+def _not_converted(spec, files):
+    raise RuntimeError(f"pretrained {spec.kind!r} ships as a codecfw checkpoint in {spec.folder}: nothing to convert")
+
+
 @hookimpl
 def register_pretrained(register):
     for name, spec, target in builtin_specs():
         register(name, spec, lazy_converter(target))
+    for name, spec in bundled_specs():
+        register(name, spec, _not_converted)
