@@ -268,3 +268,18 @@ def test_an_unreadable_clip_is_an_error_of_that_clip_only(eval_registry, corpus,
     assert math.isnan(result.rows[0]["l1"]) and result.rows[1]["l1"] == 0.0
     assert result.errors["identity"]["process"]["first_clip"] == "broken"
     assert "cannot read audio file" in result.errors["identity"]["process"]["error"]
+
+
+def test_group_by_adds_sub_rows_per_domain_only_where_the_column_varies():
+    from codecfw.core.evaluation.evaluate import summarise
+
+    rows = [{"system": "s", "clip": c, "domain": d, "group": g, "seconds": 1.0, "rtf": 0.1, "mel": m}
+            for c, d, g, m in [("a", "speech", "recorded", 1.0), ("b", "speech", "recorded", 3.0),
+                               ("c", "speech", "synthetic", 8.0), ("d", "music", "recorded", 5.0)]]
+    summary = summarise(rows, ["mel"], {})
+    got = [(r["domain"], r["clips"], r["mel"]) for r in summary]
+    assert got == [("all", 4, 4.25), ("music", 1, 5.0), ("speech", 3, 4.0), ("speech/recorded", 2, 2.0),
+                   ("speech/synthetic", 1, 8.0)]
+    for r in rows:
+        del r["group"]
+    assert [r["domain"] for r in summarise(rows, ["mel"], {})] == ["all", "music", "speech"]

@@ -240,3 +240,24 @@ def test_validation_writes_clips_and_best_checkpoint(corpus, tmp_path):
     best = json.loads((run / "checkpoints" / "best.json").read_text())
     best_step = min(valid, key=lambda s: valid[s]["valid/loss"])
     assert best["step"] == best_step and (run / "checkpoints" / best["checkpoint"]).is_dir()
+
+
+def test_training_curves_keep_the_last_record_of_a_replayed_step_and_draw_every_panel(tmp_path):
+    from codecfw.core.training.curves import plot_curves, read_metrics, smooth
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"split": "train", "step": s, "loss/mel": 10.0 - s, "lr/generator": 1e-4} for s in (1, 2, 3)]
+    # a crash after step 3, resumed from a checkpoint at step 2: steps 3 and 4 are logged again
+    lines += [{"split": "train", "step": s, "loss/mel": 100.0 + s, "lr/generator": 1e-4} for s in (3, 4)]
+    lines += [{"split": "valid", "step": 4, "valid/log_mel_l1": 0.5}]
+    text = "\n".join(json.dumps(x) for x in lines) + '\n{"split": "train", "step": 5, "loss/m'  # cut short
+    (run / "metrics.jsonl").write_text(text)
+    series = read_metrics(run)
+    assert series["train"]["loss/mel"] == [(1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0)]
+    assert series["valid"]["valid/log_mel_l1"] == [(4, 0.5)]
+    assert smooth([1.0, 2.0, 3.0, float("nan")], 3) == [1.5, 2.0, 2.5, 3.0]
+    out = plot_curves(run, tmp_path / "fig" / "curves.png", smooth_window=3)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        read_metrics(tmp_path)
