@@ -220,6 +220,19 @@ def save_converted(folder: Path, spec: PretrainedSpec, converted: Converted, reg
                              **converted.metadata)
 
 
+def pretrained_folder(name: str, registry=None) -> Path:
+    """The codecfw checkpoint folder holding ``name``'s weights: the package's folder of a bundled name, else the
+    cached conversion (fetched and converted first when needed). ``--init-from NAME`` trains from it."""
+    from .registry import get_registry
+
+    registry = registry or get_registry()
+    spec = registry.get("pretrained", name).config()
+    if spec.folder:
+        return Path(spec.folder)
+    load_pretrained(name, registry)
+    return converted_folder(spec)
+
+
 def _load_bundled(spec: PretrainedSpec, registry):
     from .checkpoint import CheckpointError, load_checkpoint
 

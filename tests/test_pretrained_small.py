@@ -96,3 +96,30 @@ def test_cli_round_trip_with_the_name(tmp_path):
     assert main(["decode", str(tmp_path / "in.cfwt"), "-o", str(tmp_path / "out.wav"), "-c", NAME, "--quiet"]) == 0
     info = sf.info(tmp_path / "out.wav")
     assert info.samplerate == SR and info.frames == 3 * SR
+
+
+def test_fine_tuning_starts_from_the_name(tmp_path, caplog):
+    """``codecfw train RECIPE --init-from NAME``: the shipped weights, then training (teacher off: offline)."""
+    import logging
+
+    from codecfw.core.checkpoint import read_safetensors
+
+    rows = []
+    for i in range(2):
+        sf.write(tmp_path / f"v{i}.wav", vowels(1.0, seed=i).numpy(), SR)
+        rows.append(json.dumps({"path": f"v{i}.wav", "domain": "speech"}))
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "sacodec_small_16k.yaml"
+    with caplog.at_level(logging.INFO, logger="codecfw"):
+        code = main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--init-from", NAME, "--no-progress",
+                     "semantic.teacher=null", "semantic.codebook=null", f"data.train={tmp_path / 'train.jsonl'}",
+                     "data.valid=null", "data.batch_size=2", "train.steps=1", "train.checkpoint_every=1",
+                     "train.num_threads=1"])
+    assert code == 0
+    assert f"initialised the weights from {FOLDER / 'model.safetensors'}" in caplog.text
+    shipped = read_safetensors(FOLDER / "model.safetensors")
+    trained = read_safetensors(tmp_path / "run" / "checkpoints" / "step-00000001" / "model.safetensors")
+    # frozen parts arrive as shipped (the anchor centroids, in float32 now); trained ones moved by one step
+    assert torch.equal(trained["semantic.codebook.centroids"], shipped["semantic.codebook.centroids"].float())
+    moved = [k for k in shipped if shipped[k].is_floating_point() and not torch.equal(trained[k], shipped[k].float())]
+    assert moved

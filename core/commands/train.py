@@ -21,6 +21,7 @@ import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from . import add_recipe_arguments, recipe_arguments
 
@@ -56,6 +57,15 @@ def run(args) -> int:
     from ..data import ManifestError, NoUsableAudioError
     from ..training.trainer import NonFiniteLossError, TrainingInterrupted, TrainSetupError
 
+    if args.init_from is not None and not Path(args.init_from).exists():
+        from ..pretrained import pretrained_folder, pretrained_names
+
+        if args.init_from in pretrained_names(registry):  # --init-from codecfw-sacodec-small-16k: fine-tune it
+            try:
+                args.init_from = str(pretrained_folder(args.init_from, registry))
+            except FileNotFoundError as exc:  # PretrainedUnavailable: offline and not cached
+                print(f"error: --init-from {args.init_from}: {exc}", file=sys.stderr)
+                return 2
     trainer = Trainer(recipe, registry=registry, run_dir=args.run_dir, device=args.device,
                       init_from=args.init_from, progress=not args.no_progress)
     try:
@@ -131,7 +141,8 @@ def register(sub) -> None:
     add_recipe_arguments(p)
     p.add_argument("--run-dir", default=None, help="run directory (default: train.run_dir, else runs/<name>-<hash>)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="start from these weights (checkpoint folder, run directory or .safetensors); weights only")
+                   help="start from these weights (checkpoint folder, run directory, .safetensors or a pretrained "
+                        "name); weights only")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="MODULE",
                    help="import MODULE and register its hooks (plugins without an entry point); repeatable")
