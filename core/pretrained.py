@@ -247,9 +247,10 @@ def _load_bundled(spec: PretrainedSpec, registry):
 
 
 def release_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: Any = None,
-                       overrides: dict[str, Any] | None = None, registry=None, **meta: Any) -> Path:
+                       overrides: dict[str, Any] | None = None, registry=None, prefer_ema: bool = True,
+                       **meta: Any) -> Path:
     """Write a trained checkpoint as a folder to ship (``model.safetensors`` + ``meta.json``): the EMA weights when
-    the checkpoint has them, floating tensors cast to ``dtype`` (e.g. ``torch.float16`` halves the size; loading
+    the checkpoint has them and ``prefer_ema`` (else the raw ones), floating tensors cast to ``dtype`` (e.g. ``torch.float16`` halves the size; loading
     casts back to the model's dtype), the recipe with ``overrides`` applied (dotted keys, e.g. inputs that exist
     only on the training machine) and re-validated. Returns ``out``; written atomically."""
     import torch
@@ -259,7 +260,8 @@ def release_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
     from .registry import get_registry
 
     registry = registry or get_registry()
-    codec, recipe, source_meta = load_checkpoint(checkpoint, registry, prefer_ema=True)
+    codec, recipe, source_meta = load_checkpoint(checkpoint, registry, prefer_ema=prefer_ema)
+    has_ema = (Path(checkpoint) / "ema.safetensors").is_file()
     data = recipe.model_dump(mode="json")
     for key, value in (overrides or {}).items():
         node = data
@@ -276,4 +278,5 @@ def release_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *,
              for k, v in codec.state_dict().items()}
     trained = {k: source_meta[k] for k in ("step", "config_hash") if k in source_meta}
     return save_codec_folder(Path(out), state, released, registry, **{
-        "step": source_meta.get("step", 0), "trained_from": {"checkpoint": Path(checkpoint).name, **trained}, **meta})
+        "step": source_meta.get("step", 0), "weights": "ema" if prefer_ema and has_ema else "raw",
+        "trained_from": {"checkpoint": Path(checkpoint).name, **trained}, **meta})

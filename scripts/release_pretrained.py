@@ -2,7 +2,8 @@
 
     python scripts/release_pretrained.py ~/codecfw-runs/sacodec-small-16k codecfw-sacodec-small-16k
 
-reads the run's latest checkpoint (or the checkpoint folder given), takes its EMA weights, casts floating tensors to
+reads the run's latest checkpoint (or the checkpoint folder given), takes its EMA weights (``--weights raw``: the
+raw ones), casts floating tensors to
 float16 (half the size; loading casts back to float32) and writes
 ``plugins/pretrained/weights/<name>/{model.safetensors,meta.json}``, the folder that ``bundled_specs()`` in
 plugins/pretrained/names.py registers. The recipe is rewritten for machines other than the training one: inputs
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe rewrite (dotted key, YAML value); added to the name's defaults")
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                        help="the checkpoint's EMA weights (default) or its raw ones (choose on the valid split)")
     parser.add_argument("--out", default=None, help="write here instead of the package's weights folder")
     args = parser.parse_args(argv)
 
@@ -61,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {item!r}: expected KEY=VALUE")
         sets[key] = yaml.safe_load(value)
     out = Path(args.out) if args.out else WEIGHTS / args.name
-    release_checkpoint(source, out, dtype=getattr(torch, args.dtype), overrides=sets, released_as=args.name)
+    release_checkpoint(source, out, dtype=getattr(torch, args.dtype), overrides=sets,
+                       prefer_ema=args.weights == "ema", released_as=args.name)
     size = (out / "model.safetensors").stat().st_size / 2**20
     print(f"{source} -> {out} ({size:.1f} MiB, {args.dtype})")
     if size > LIMIT_MB:

@@ -563,6 +563,11 @@ def test_release_writes_ema_weights_in_half_precision_and_rewrites_the_recipe(tm
         assert torch.equal(weights[name], value.to(torch.float16)), name
     meta = read_checkpoint_meta(out)
     assert meta["recipe"]["description"] == "shipped" and meta["step"] == 40 and meta["released_as"] == "toy-shipped"
+    assert meta["weights"] == "ema"
+    raw = release_checkpoint(folder, tmp_path / "raw", prefer_ema=False, registry=registry)
+    raw_weights = read_safetensors(raw / "model.safetensors")
+    assert read_checkpoint_meta(raw)["weights"] == "raw" and raw_weights[name].dtype == torch.float32
+    assert not torch.equal(raw_weights[name], value)  # the last EMA name/value of the loop above
     assert meta["trained_from"] == {"checkpoint": folder.name, "step": 40,
                                     "config_hash": validate_recipe(TOY_RECIPE, registry).config_hash()}
     with pytest.raises(KeyError, match="'semantic.nonexistent'.*no key 'nonexistent'"):
