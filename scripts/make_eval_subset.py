@@ -1,5 +1,5 @@
-"""A deterministic evaluation subset of a manifest: every clip with a transcript, plus at most N others per
-(domain, kind) group, drawn with a fixed seed. Written next to the source manifest (its relative paths stay valid).
+"""A deterministic evaluation subset of a manifest: every clip with a transcript (or at most ``--transcribed`` per
+group), plus at most N others per (domain, kind) group, drawn with a fixed seed. Written next to the source manifest (its relative paths stay valid).
 
     python scripts/make_eval_subset.py ~/codecfw-data/corpus/test.jsonl --per-group 150 -o test_eval.jsonl
 
@@ -23,19 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--per-group", type=int, default=150, help="clips without transcript per (domain, kind)")
+    parser.add_argument("--transcribed", type=int, default=None,
+                        help="at most this many transcribed clips per (domain, kind) (default: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--out", required=True, help="file name, written in the manifest's folder")
     args = parser.parse_args(argv)
     rows = [json.loads(line) for line in args.manifest.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if r.get("transcript")]
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    keep: list[dict] = []
+    groups: dict[tuple[str, str, bool], list[dict]] = defaultdict(list)
     for r in rows:
-        if not r.get("transcript"):
-            groups[(r.get("domain", ""), r.get("kind", ""))].append(r)
+        groups[(r.get("domain", ""), r.get("kind", ""), bool(r.get("transcript")))].append(r)
     for key in sorted(groups):
         members = groups[key]
         random.Random(f"{args.seed}:{key}").shuffle(members)
-        keep += members[: args.per_group]
+        limit = (args.transcribed if key[2] else args.per_group)
+        keep += members if limit is None else members[:limit]
     order = {id(r): i for i, r in enumerate(rows)}
     keep.sort(key=lambda r: order[id(r)])
     out = args.manifest.parent / Path(args.out).name
