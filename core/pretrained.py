@@ -28,7 +28,7 @@ import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field, create_model
 
@@ -247,36 +247,31 @@ def _load_bundled(spec: PretrainedSpec, registry):
 
 
 def release_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: Any = None,
-                       overrides: dict[str, Any] | None = None, registry=None, prefer_ema: bool = True,
-                       **meta: Any) -> Path:
+                       overrides: Sequence[str] = (), registry=None, prefer_ema: bool = True,
+                       max_bytes: int | None = None, **meta: Any) -> Path:
     """Write a trained checkpoint as a folder to ship (``model.safetensors`` + ``meta.json``): the EMA weights when
-    the checkpoint has them and ``prefer_ema`` (else the raw ones), floating tensors cast to ``dtype`` (e.g. ``torch.float16`` halves the size; loading
-    casts back to the model's dtype), the recipe with ``overrides`` applied (dotted keys, e.g. inputs that exist
-    only on the training machine) and re-validated. Returns ``out``; written atomically."""
-    import torch
-
-    from .checkpoint import load_checkpoint, save_codec_folder
-    from .config import validate_recipe
+    the checkpoint has them and ``prefer_ema`` (else the raw ones), floating tensors cast to ``dtype`` (e.g.
+    ``torch.float16`` halves the size; loading casts back to the model's dtype), the recipe with ``overrides``
+    applied (``key.sub=value``, as on the command line: inputs that exist only on the training machine) and
+    re-validated. Refuses (``ValueError``, nothing written) when the tensors exceed ``max_bytes``. Returns ``out``;
+    written atomically."""
+    from .checkpoint import load_checkpoint, resolve_checkpoint_dir, save_codec_folder
+    from .config import apply_overrides, validate_recipe
     from .registry import get_registry
 
     registry = registry or get_registry()
-    codec, recipe, source_meta = load_checkpoint(checkpoint, registry, prefer_ema=prefer_ema)
-    has_ema = (Path(checkpoint) / "ema.safetensors").is_file()
-    data = recipe.model_dump(mode="json")
-    for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise KeyError(f"release override {key!r}: {part!r} is not a section of the recipe")
-            node = node[part]
-        if leaf not in node:
-            raise KeyError(f"release override {key!r}: the recipe has no key {leaf!r} there")
-        node[leaf] = value
-    released = validate_recipe(data, registry, source=f"release of {checkpoint}")
+    folder = resolve_checkpoint_dir(checkpoint)
+    codec, recipe, source_meta = load_checkpoint(folder, registry, prefer_ema=prefer_ema)
+    released = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), list(overrides)), registry,
+                               source=f"release of {folder}")
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
              for k, v in codec.state_dict().items()}
+    size = sum(v.numel() * v.element_size() for v in state.values())
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(f"release of {folder}: the weights take {size / 2**20:.1f} MiB, over the limit of "
+                         f"{max_bytes / 2**20:.1f} MiB (a smaller dtype or model); nothing written to {out}")
     trained = {k: source_meta[k] for k in ("step", "config_hash") if k in source_meta}
+    weights = "ema" if prefer_ema and (folder / "ema.safetensors").is_file() else "raw"
     return save_codec_folder(Path(out), state, released, registry, **{
-        "step": source_meta.get("step", 0), "weights": "ema" if prefer_ema and has_ema else "raw",
-        "trained_from": {"checkpoint": Path(checkpoint).name, **trained}, **meta})
+        "step": source_meta.get("step", 0), "weights": weights,
+        "trained_from": {"checkpoint": folder.name, **trained}, **meta})

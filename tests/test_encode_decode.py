@@ -21,7 +21,7 @@ from codecfw.core.checkpoint import save_checkpoint
 from codecfw.core.tokenizer.chunking import ChunkPolicy, decode_stream, encode_stream, resolve_chunk_policy, windows
 from codecfw.core.cli import main
 from codecfw.core.codec import build_codec
-from codecfw.core.config import validate_recipe
+from codecfw.core.config import RecipeError, validate_recipe
 from codecfw.core.pretrained import Converted, PretrainedUnavailable, pretrained_spec
 from codecfw.plugins.pretrained.names import builtin_specs, bundled_specs
 from codecfw.core.tokenizer.tokens import TokenFile
@@ -556,7 +556,7 @@ def test_release_writes_ema_weights_in_half_precision_and_rewrites_the_recipe(tm
 
     folder, ema = _ema_checkpoint(tmp_path, registry)
     out = release_checkpoint(folder, tmp_path / "shipped", dtype=torch.float16,
-                             overrides={"description": "shipped"}, registry=registry, released_as="toy-shipped")
+                             overrides=["description=shipped"], registry=registry, released_as="toy-shipped")
     weights = read_safetensors(out / "model.safetensors")
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
     for name, value in ema.items():  # the EMA weights, not the raw ones, rounded to float16
@@ -570,9 +570,14 @@ def test_release_writes_ema_weights_in_half_precision_and_rewrites_the_recipe(tm
     assert not torch.equal(raw_weights[name], value)  # the last EMA name/value of the loop above
     assert meta["trained_from"] == {"checkpoint": folder.name, "step": 40,
                                     "config_hash": validate_recipe(TOY_RECIPE, registry).config_hash()}
-    with pytest.raises(KeyError, match="'semantic.nonexistent'.*no key 'nonexistent'"):
-        release_checkpoint(folder, tmp_path / "bad", overrides={"semantic.nonexistent": 1}, registry=registry)
+    with pytest.raises(RecipeError, match="semantic.nonexistent"):  # validated like any recipe: the key is named
+        release_checkpoint(folder, tmp_path / "bad", overrides=["semantic.nonexistent=1"], registry=registry)
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="over the limit"):  # too large for the package: refused before writing
+        release_checkpoint(folder, tmp_path / "big", dtype=torch.float16, max_bytes=16, registry=registry)
+    assert not (tmp_path / "big").exists()
+    from_run = release_checkpoint(folder.parent.parent, tmp_path / "from-run", registry=registry)  # a run directory
+    assert read_checkpoint_meta(from_run)["weights"] == "ema" and read_checkpoint_meta(from_run)["step"] == 40
 
 
 def test_a_bundled_name_loads_offline_in_float32_and_round_trips(tmp_path, registry, monkeypatch):

@@ -57,7 +57,7 @@ def builtin_specs() -> list[tuple[str, type[PretrainedSpec], str]]:
 
 
 def bundled_specs() -> list[tuple[str, type[PretrainedSpec]]]:
-    """(name, spec class) of the codecs trained by codecfw (recipes/, docs/pretrained.md), weights in ``WEIGHTS``."""
+    """(name, spec class) of the codecs trained by codecfw (recipes/, docs/sacodec.md), weights in ``WEIGHTS``."""
     return [
         ("codecfw-sacodec-small-16k", bundled_spec(
             "codecfw-sacodec-small-16k", WEIGHTS / "codecfw-sacodec-small-16k",
@@ -65,7 +65,7 @@ def bundled_specs() -> list[tuple[str, type[PretrainedSpec]]]:
                         "tiny.en-anchored semantic tokens + SimVQ acoustic tokens, Vocos decoder; 5.9M parameters, "
                         "trained on CPU (recipes/sacodec_small_16k.yaml)",
             license="MIT (weights); trained on the Debian corpus of scripts/make_training_corpus.py",
-            url="docs/pretrained.md")),
+            url="docs/sacodec.md")),
     ]
 
 
