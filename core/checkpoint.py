@@ -417,10 +417,20 @@ def resolve_weights_file(path: str | Path, prefer_ema: bool = True) -> tuple[Pat
     return model, (ema if prefer_ema and ema.is_file() else None)
 
 
-def load_codec_weights(codec: nn.Module, path: str | Path, prefer_ema: bool = True, strict: bool = True) -> Path:
-    """Load a checkpoint's codec weights (the EMA weights over them when present and ``prefer_ema``)."""
+def load_codec_weights(codec: nn.Module, path: str | Path, prefer_ema: bool = True, strict: bool = True,
+                       allow_missing: bool = False) -> Path:
+    """Load a checkpoint's codec weights (the EMA weights over them when present and ``prefer_ema``).
+
+    ``allow_missing``: parameters the file lacks keep their initialisation, with a warning (fine-tuning a codec
+    that adds a module to the checkpoint's architecture); weights the codec has no place for are still an error."""
     model_file, ema_file = resolve_weights_file(path, prefer_ema)
-    load_weights(codec, model_file, strict=strict)
+    missing, unexpected = load_weights(codec, model_file, strict=strict and not allow_missing)
+    if allow_missing and unexpected:
+        raise KeyError(f"{model_file}: weights do not match the model: unexpected {unexpected[:5]}"
+                       f"{' ...' if len(unexpected) > 5 else ''}")
+    if allow_missing and missing:
+        log.warning("%s has no weights for %d tensor(s) of this codec (%s%s): they keep their initialisation",
+                    model_file, len(missing), ", ".join(missing[:4]), " ..." if len(missing) > 4 else "")
     if ema_file is not None:
         shadow = read_safetensors(ema_file)
         params = dict(codec.named_parameters())

@@ -127,6 +127,17 @@ def test_in_process_resume_of_an_adversarial_run(corpus, tmp_path):
     assert "loss/discriminator" not in a[2] and "loss/discriminator" in a[3]  # discriminator_start=2 (0-based)
 
 
+def test_a_loss_with_start_step_counts_from_that_step_on(corpus, tmp_path):
+    """A loss added to a running recipe (``start_step``) is absent before its step and part of the total after it."""
+    data = toy_recipe(corpus, steps=4, checkpoint_every=100, valid_every=100)
+    data["losses"] = [{"kind": "toy_l1", "weight": 5.0}, {"kind": "toy_l1", "weight": 1.0, "start_step": 2}]
+    _trainer(data, tmp_path / "run").train()
+    m = read_metrics(tmp_path / "run")
+    assert all("loss/toy_l1_1" not in m[s] for s in (1, 2)) and all("loss/toy_l1_1" in m[s] for s in (3, 4))
+    assert m[4]["loss/toy_l1_1"] == pytest.approx(m[4]["loss/toy_l1"])  # the same L1, counted once more
+    assert m[4]["loss/generator_total"] > 5 * m[4]["loss/toy_l1"] + 0.9 * m[4]["loss/toy_l1_1"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the step
 # ---------------------------------------------------------------------------------------------------------------

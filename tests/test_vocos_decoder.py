@@ -114,3 +114,124 @@ def test_trains_adversarially_through_the_loop_and_checkpoint_round_trips(tmp_pa
     # the saved decoder weights are the ones loaded (raw weights: the tiny recipe keeps no EMA)
     for name, value in ema_or_raw.items():
         torch.testing.assert_close(value, trained.state_dict()[name].cpu())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the harmonic (source-filter) branch
+# ---------------------------------------------------------------------------------------------------------------
+
+HARMONIC = "decoder.harmonic_source=true"
+
+
+def _chirp(f_start: float, f_end: float, seconds: float = 1.0, sr: int = 16000) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 12-harmonic tone gliding from f_start to f_end: (Tensor[1 x N], its F0 per sample)."""
+    t = torch.arange(int(sr * seconds)) / sr
+    f0 = f_start + (f_end - f_start) * t / seconds
+    phase = 2 * np.pi * torch.cumsum(f0, 0) / sr
+    return sum(torch.sin(k * phase) / k for k in range(1, 13))[None], f0
+
+
+def test_yin_tracks_a_glide_and_calls_noise_and_silence_unvoiced():
+    from codecfw.plugins.nn.pitch import yin
+
+    x, f0_true = _chirp(110.0, 260.0)
+    f0, voiced = yin(x, 16000, 320)
+    assert f0.shape == voiced.shape == (1, 50)
+    centres = f0_true[torch.arange(50) * 320 + 160]
+    inner = slice(2, -2)  # the edge frames see zero padding
+    assert voiced[0, inner].all()
+    cents = (1200 * torch.log2(f0[0, inner] / centres[inner])).abs()
+    assert cents.max() < 30, cents
+    torch.manual_seed(0)
+    _, v_noise = yin(torch.randn(1, 16000), 16000, 320)
+    assert v_noise.float().mean() < 0.1
+    _, v_mixed = yin(torch.cat([torch.zeros(1, 8000), x[:, :8000]], -1), 16000, 320)
+    assert not v_mixed[0, 2:23].any() and v_mixed[0, 27:-2].all()  # silence first, then the tone
+
+
+def test_harmonic_excitation_is_band_limited_at_the_f0():
+    from codecfw.plugins.nn.pitch import harmonic_excitation
+
+    e = harmonic_excitation(torch.full((1, 50), 1000.0), 320, 16000)
+    spectrum = torch.fft.rfft(e[0] * torch.hann_window(e.shape[-1])).abs()
+    freqs = torch.fft.rfftfreq(e.shape[-1], 1 / 16000)
+    peaks = freqs[spectrum > 0.25 * spectrum.max()]
+    assert set((peaks / 1000).round().int().tolist()) == set(range(1, 8))  # 1..7 kHz; 8 kHz is Nyquist: absent
+    assert torch.allclose(peaks, (peaks / 1000).round() * 1000, atol=2.0)
+
+
+def _harmonic_codec(*overrides: str):
+    return build_codec(tiny(*NO_TEACHER, HARMONIC, *overrides))
+
+
+def test_harmonic_branch_starts_silent_and_renders_the_predicted_f0_when_opened():
+    from codecfw.core.types import AcousticOutput, SemanticOutput
+
+    codec = _harmonic_codec().eval()
+    decoder = codec.decoder
+    latent = torch.randn(1, codec.acoustic.quantized_dim, 50)
+    with torch.no_grad():
+        plain = decoder.head(decoder.backbone(latent))[:, None]
+        y = decoder(SemanticOutput(), AcousticOutput(quantized=latent), 50 * 320)
+        torch.testing.assert_close(y, plain)  # the branch adds nothing at initialisation (gain exactly 0)
+        # open the harmonic branch, silence the head, and pin the F0 at 200 Hz
+        decoder.head.out.bias[: decoder.n_fft // 2 + 1] = -30.0
+        decoder.head.out.weight.zero_()
+        decoder.harmonic_gain.bias.fill_(1.0)
+        decoder.f0_proj.weight.zero_()
+        lo, hi = np.log2(decoder.cfg.f0_min), np.log2(decoder.cfg.f0_max)
+        frac = (np.log2(200.0) - lo) / (hi - lo)
+        decoder.f0_proj.bias.fill_(float(np.log(frac / (1 - frac))))
+        y = decoder(SemanticOutput(), AcousticOutput(quantized=latent), 50 * 320)[0, 0, 2000:-2000]
+    y = y - y.mean()
+    ac = [float((y[lag:] * y[:-lag]).sum() / (y * y).sum()) for lag in (80, 40, 120)]
+    assert ac[0] > 0.9 and ac[0] > ac[1] + 0.5 and ac[0] > ac[2] + 0.5  # a 200 Hz period (80 samples)
+    # gain 1 renders unit harmonics: the iSTFT inverts the excitation's STFT (39 harmonics below 8 kHz at 200 Hz)
+    assert y.pow(2).mean().sqrt().item() == pytest.approx(np.sqrt(39 / 2), rel=0.05)
+
+
+def test_harmonic_branch_trains_f0_on_yin_targets_and_its_gain_from_the_waveform():
+    codec = _harmonic_codec().train()
+    x, _ = _chirp(120.0, 180.0, seconds=0.4)
+    out = codec(0.3 * x[None])
+    losses, metrics = out.decoder.losses, out.decoder.metrics
+    assert set(losses) == {"f0"} and metrics["voiced_fraction"] > 0.7
+    assert losses["f0"] > 0  # untrained: its F0 is not the tone's
+    (losses["f0"] + out.decoder.waveform.pow(2).mean()).backward()
+    decoder = codec.decoder
+    assert decoder.f0_proj.weight.grad.abs().sum() > 0 and decoder.harmonic_gain.weight.grad.abs().sum() > 0
+    # chunked decoding cannot be exact (each window integrates its own phase): cross-faded and said so
+    policy = decoder.chunk_policy()
+    assert not policy.exact and policy.overlap > 0 and "phase" in policy.note
+
+
+def test_harmonic_settings_errors_and_fine_tuning_a_plain_checkpoint(tmp_path, caplog):
+    from codecfw.core import checkpoint as ckpt
+
+    with pytest.raises(ValueError, match="f0_min"):
+        _harmonic_codec("decoder.f0_min=900", "decoder.f0_max=800")
+    with pytest.raises(ValueError, match="padding: same"):
+        _harmonic_codec("decoder.padding=center")
+    plain = build_codec(tiny(*NO_TEACHER))
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    harmonic = _harmonic_codec()
+    with pytest.raises(KeyError, match="missing"):
+        ckpt.load_codec_weights(harmonic, tmp_path / "model.safetensors", prefer_ema=False)
+    with caplog.at_level("WARNING"):
+        ckpt.load_codec_weights(harmonic, tmp_path / "model.safetensors", prefer_ema=False, allow_missing=True)
+    assert "decoder.harmonic_gain.weight" in caplog.text
+    torch.testing.assert_close(harmonic.decoder.head.out.weight, plain.decoder.head.out.weight)
+    with pytest.raises(KeyError, match="unexpected"):  # the other way round: weights with no place
+        ckpt.load_codec_weights(plain, _save(harmonic, tmp_path),
+                                prefer_ema=False, allow_missing=True)
+
+
+def _save(codec, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "harmonic" / "model.safetensors"
+    path.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(path))
+    return path

@@ -49,6 +49,7 @@ class ToyDiscriminator(nn.Module):
 class ToyL1Config(PluginConfig):
     kind: Literal["toy_l1"] = "toy_l1"
     weight: float = Field(1.0, ge=0)
+    start_step: int = Field(0, ge=0)
 
 
 class ToyL1(nn.Module):

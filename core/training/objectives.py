@@ -206,7 +206,8 @@ class AdversarialObjective(Objective):
     discriminator : the DDP-wrapped :class:`DiscriminatorSet` (its turn back-propagates through DDP).
     discriminator_module : the same module unwrapped; the generator turn calls it with frozen parameters, so no
         gradient reaches it and its DDP reducer never sees a half-used graph.
-    losses : ``{name: (module, weight)}`` reconstruction losses ``forward(y_hat, y) -> scalar``.
+    losses : ``{name: (module, weight)}`` reconstruction losses ``forward(y_hat, y) -> scalar``; a loss whose
+        config has ``start_step`` counts from that step on (a loss added to a run that is already training).
 
     Turn order is generator first (ESPnet's ``generator_first``): per micro-batch the generator runs once, is scored
     by the current discriminator and back-propagates at once; its detached output is kept (a waveform, not a graph)
@@ -220,8 +221,10 @@ class AdversarialObjective(Objective):
 
     def __init__(self, codec: nn.Module, discriminator: nn.Module, discriminator_module: nn.Module,
                  losses: dict[str, tuple[nn.Module, float]], loss_weights: dict[str, float],
-                 gan_loss: Literal["lsgan", "hinge"] = "lsgan", discriminator_start: int = 0) -> None:
+                 gan_loss: Literal["lsgan", "hinge"] = "lsgan", discriminator_start: int = 0,
+                 loss_starts: dict[str, int] | None = None) -> None:
         super().__init__(codec, loss_weights)
+        self.loss_starts = dict(loss_starts or {})
         self.discriminator = discriminator
         self.discriminator_module = discriminator_module
         self.losses = losses
@@ -245,9 +248,10 @@ class AdversarialObjective(Objective):
                 raise ValueError(f"losses.{i} ({c.kind}): a loss config needs a 'weight' field")
             name = c.kind if c.kind not in losses else f"{c.kind}_{i}"
             losses[name] = (registry.build("loss", c, ctx), float(c.weight))
+        starts = {name: int(getattr(c, "start_step", 0) or 0) for name, c in zip(losses, recipe.losses)}
         cfg = recipe.train
         return cls(codec, discriminator, discriminator, losses, cfg.loss_weights, cfg.gan_loss,
-                   cfg.discriminator_start)
+                   cfg.discriminator_start, loss_starts=starts)
 
     def trained_modules(self) -> dict[str, nn.Module]:
         return {"discriminator": self.discriminator_module}
@@ -301,6 +305,8 @@ class AdversarialObjective(Objective):
         loss, stats = result.loss, dict(result.stats)
         y_hat = output.decoder.waveform
         for name, (module, weight) in self.losses.items():
+            if self.current_step < self.loss_starts.get(name, 0):
+                continue
             value = module(y_hat, y)
             loss = loss + weight * value
             stats[f"loss/{name}"] = value.detach()

@@ -216,7 +216,8 @@ class Trainer:
         if latest is not None:
             self._load_weights(latest)
         elif self.init_from is not None:
-            loaded = ckpt.load_codec_weights(self.codec, self.init_from, prefer_ema=True)
+            # a module the checkpoint lacks (e.g. a branch added to its decoder) starts from its initialisation
+            loaded = ckpt.load_codec_weights(self.codec, self.init_from, prefer_ema=True, allow_missing=True)
             disc = loaded.parent / "discriminator.safetensors"
             if self.discriminator is not None and disc.is_file():  # fine-tune against the trained critics too
                 missing, unexpected = ckpt.load_weights(self.discriminator, disc, strict=False)

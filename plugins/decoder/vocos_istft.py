@@ -15,6 +15,17 @@ transposed convolution (iSTFT hop = hop / upsample: finer time resolution for tw
     h = VocosBackbone(x)                              [B x uT x dim]    embed conv(7) → N × ConvNeXt → LayerNorm
     y = ISTFTHead(h)                                  [B x uT·hop/u]    Linear → (log|S|, φ) → iSTFT
 
+``harmonic_source: true`` adds a source-filter branch (NSF, Wang et al., arXiv 1810.11946; DDSP, Engel et al.,
+arXiv 2001.04643): the backbone also predicts an F0 per frame (supervised on the input's YIN contour, the decoder's
+``f0`` loss) and a gain per STFT bin; the STFT of a band-limited pulse train that follows the predicted F0 (its phase
+integrated sample by sample, ``plugins/nn/pitch.py``) is shaped by that gain and added to the head's spectrum before
+the iSTFT. The head alone must learn each frame's phase so that consecutive frames add up coherently; at a 20 ms hop
+and low bitrate it rendered voiced speech as noise (docs/training.md), the excitation brings the coherent phase in::
+
+    log f0 = F0Proj(h)                                [B x uT]          (its loss: |log2 f0 − log2 f0_YIN| on voiced frames)
+    E = STFT(pulse_train(f0.detach()))                [B x F x uT]      same framing as the iSTFT: gain 1 = unit harmonics
+    S = S_head + Gain(h) · E                          [B x F x uT]      Gain: linear, signed, 0 at initialisation
+
 The backbone and head are the ``vocos`` package's own modules (``pip install 'codecfw[vocos]'``). The generator and
 discriminators train through the shared loop exactly as ``dac_generator`` does (same discriminators, GAN and
 feature-matching losses, reconstruction-loss plugins).
@@ -25,6 +36,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
@@ -32,6 +44,7 @@ from torch import Tensor, nn
 from codecfw import hookimpl
 from codecfw.core.config import PluginConfig
 from codecfw.core.types import AcousticOutput, BuildContext, ChunkPolicy, Decoder, DecoderOutput, SemanticOutput
+from codecfw.plugins.nn.pitch import harmonic_excitation, yin
 
 
 class VocosISTFTConfig(PluginConfig):
@@ -47,6 +60,14 @@ class VocosISTFTConfig(PluginConfig):
     n_fft: int | None = Field(None, gt=0, description="FFT size of the head; default 4 × the iSTFT hop "
                                                       "(Vocos's EnCodec model: 1280 at hop 320)")
     padding: Literal["same", "center"] = Field("same", description="iSTFT padding; 'same' gives T × hop samples")
+    harmonic_source: bool = Field(False, description="add the F0-driven harmonic excitation branch (module docstring)")
+    f0_min: float = Field(50.0, gt=0, description="harmonic_source: lowest F0 (Hz) predicted and tracked")
+    f0_max: float = Field(1000.0, gt=0, description="harmonic_source: highest F0 (Hz) predicted and tracked")
+    yin_threshold: float = Field(0.15, gt=0, lt=1, description="harmonic_source: YIN voicing threshold of the "
+                                                                "F0 targets (lower: fewer, surer voiced frames)")
+    f0_teacher_forcing: float = Field(0.5, ge=0, le=1, description="harmonic_source: probability per training "
+                                      "batch that the excitation follows the input's F0 on its voiced frames instead "
+                                      "of the predicted one (the gain learns on right harmonics while F0 is learnt)")
 
 
 class VocosISTFTDecoder(Decoder):
@@ -92,17 +113,76 @@ class VocosISTFTDecoder(Decoder):
         self.backbone = VocosBackbone(input_channels=in_dim, dim=cfg.dim, intermediate_dim=cfg.intermediate_dim,
                                       num_layers=cfg.num_layers, layer_scale_init_value=cfg.layer_scale_init)
         self.head = ISTFTHead(dim=cfg.dim, n_fft=n_fft, hop_length=self.istft_hop, padding=cfg.padding)
+        self.f0_proj: nn.Linear | None = None
+        self.harmonic_gain: nn.Linear | None = None
+        if cfg.harmonic_source:
+            if not cfg.f0_min < cfg.f0_max < ctx.sample_rate / 2:
+                raise ValueError(f"decoder.f0_min/f0_max: need f0_min < f0_max < Nyquist ({ctx.sample_rate / 2} "
+                                 f"Hz), got {cfg.f0_min} and {cfg.f0_max}")
+            if cfg.padding != "same":
+                raise ValueError("decoder.harmonic_source needs padding: same (the excitation's STFT is framed "
+                                 "like the iSTFT's 'same' frames)")
+            self.f0_proj = nn.Linear(cfg.dim, 1)
+            self.harmonic_gain = nn.Linear(cfg.dim, n_fft // 2 + 1)
+            # Gain 1 renders every harmonic at amplitude 1 (the iSTFT inverts the excitation's STFT). The gain is the
+            # linear layer's output itself (signed: −1 is the same harmonic at opposite phase), started at exactly 0:
+            # the branch adds nothing to a trained head at first, and its gradient (∝ the excitation) does not vanish
+            # there. An exp(·) gain, as the head's magnitudes use, has a gradient ∝ the gain: started small it was
+            # shut by the first steps' loss spike and never reopened (docs/training.md).
+            with torch.no_grad():
+                self.harmonic_gain.weight.zero_()
+                self.harmonic_gain.bias.zero_()
+                start = math.log(150.0 / cfg.f0_min) / math.log(cfg.f0_max / cfg.f0_min)
+                self.f0_proj.bias.fill_(math.log(start / (1 - start)))
         # torch's periodic Hann window is a view into an (n_fft + 1)-long storage, which safetensors refuses to save
         self.head.istft.window = self.head.istft.window.clone()
 
     def forward(self, semantic: SemanticOutput, acoustic: AcousticOutput, num_samples: int) -> Tensor:
+        return self._synthesize(acoustic, num_samples)[0]
+
+    def _synthesize(self, acoustic: AcousticOutput, num_samples: int, forced_f0: tuple[Tensor, Tensor] | None = None
+                    ) -> tuple[Tensor, Tensor | None]:
+        """→ (waveform Tensor[B x 1 x num_samples], log2 F0 Tensor[B x uT] or None without the harmonic branch).
+
+        forced_f0 : (log2 F0, voiced mask), each Tensor[B x uT]: the excitation follows it where voiced."""
         x = acoustic.quantized
         if self.upsampler is not None:
             x = self.upsampler(x)
-        y = self.head(self.backbone(x)).unsqueeze(1)  # B x 1 x (frames · hop)
+        h = self.backbone(x)
+        log_f0 = None
+        if self.f0_proj is None:
+            y = self.head(h)
+        else:
+            log_f0 = self._log2_f0(h)
+            source = log_f0.detach()
+            if forced_f0 is not None:
+                target, voiced = (t[..., :source.shape[-1]] for t in forced_f0)
+                source = source.clone()
+                source[..., :target.shape[-1]] = torch.where(voiced, target, source[..., :target.shape[-1]])
+            y = self.head.istft(self._head_spectrum(h) + self._harmonic_spectrum(h, source))
+        y = y.unsqueeze(1)  # B x 1 x (frames · hop)
         if y.shape[-1] >= num_samples:
-            return y[..., :num_samples]
-        return F.pad(y, (0, num_samples - y.shape[-1]))
+            return y[..., :num_samples], log_f0
+        return F.pad(y, (0, num_samples - y.shape[-1])), log_f0
+
+    def _head_spectrum(self, h: Tensor) -> Tensor:
+        """vocos's ``ISTFTHead.forward`` up to the iSTFT: h : Tensor[B x T x dim] → complex Tensor[B x F x T]."""
+        mag, phase = self.head.out(h).transpose(1, 2).chunk(2, dim=1)
+        return torch.exp(mag).clip(max=1e2) * torch.complex(torch.cos(phase), torch.sin(phase))
+
+    def _log2_f0(self, h: Tensor) -> Tensor:
+        lo, hi = math.log2(self.cfg.f0_min), math.log2(self.cfg.f0_max)
+        return lo + (hi - lo) * torch.sigmoid(self.f0_proj(h)[..., 0])
+
+    def _harmonic_spectrum(self, h: Tensor, log_f0: Tensor) -> Tensor:
+        """The pulse train following ``2^log_f0``, analysed with the iSTFT's own framing, times the predicted gain."""
+        with torch.no_grad():
+            excitation = harmonic_excitation(2.0 ** log_f0.float(), self.istft_hop, self.sample_rate)
+            pad = (self.n_fft - self.istft_hop) // 2
+            spec = torch.stft(F.pad(excitation, (pad, pad)), self.n_fft, self.istft_hop, self.n_fft,
+                              self.head.istft.window, center=False, return_complex=True)
+        gain = self.harmonic_gain(h).float().transpose(1, 2)
+        return gain * spec[..., :gain.shape[-1]]
 
     def chunk_policy(self):
         """Chunks need the backbone's receptive field on each side: the embedding conv and every ConvNeXt block
@@ -110,10 +190,27 @@ class VocosISTFTDecoder(Decoder):
         frames = 3 * (self.cfg.num_layers + 1)
         samples = frames * self.istft_hop + self.n_fft
         context = math.ceil(samples / self.hop_length) * self.hop_length
+        if self.f0_proj is not None:  # the excitation's phase is integrated from each window's start
+            return ChunkPolicy(context=context, overlap=5 * self.hop_length, align=self.hop_length, exact=False,
+                               note="the harmonic excitation's phase restarts in each window: windows are "
+                                    "cross-faded over 5 frames")
         return ChunkPolicy(context=context, align=self.hop_length, exact=True)
 
     def training_output(self, semantic: SemanticOutput, acoustic: AcousticOutput, waveform: Tensor) -> DecoderOutput:
-        return DecoderOutput(waveform=self(semantic, acoustic, waveform.shape[-1]))
+        if self.f0_proj is None:
+            return DecoderOutput(waveform=self(semantic, acoustic, waveform.shape[-1]))
+        f0, voiced = yin(waveform.reshape(-1, waveform.shape[-1]), self.sample_rate, self.istft_hop,
+                         self.cfg.f0_min, self.cfg.f0_max, self.cfg.yin_threshold)
+        target = torch.log2(f0.clamp(self.cfg.f0_min, self.cfg.f0_max))
+        forced = (target, voiced) if self.training and float(torch.rand(())) < self.cfg.f0_teacher_forcing else None
+        y, log_f0 = self._synthesize(acoustic, waveform.shape[-1], forced)
+        n = min(f0.shape[-1], log_f0.shape[-1])
+        voiced = voiced[..., :n]
+        error = (log_f0[..., :n] - target[..., :n]).abs()
+        loss = (error * voiced).sum() / voiced.sum().clamp(min=1)
+        return DecoderOutput(waveform=y, losses={"f0": loss},
+                             metrics={"voiced_fraction": voiced.float().mean().detach(),
+                                      "f0_error_cents": (1200 * loss).detach()})
 
 
 @hookimpl
