@@ -96,9 +96,11 @@ class ChunkPolicy:
     window : int | None
         Samples per window; ``None`` leaves the choice to other slots (or the default).
     context : int
-        Neighbouring samples fed on each side of a window and dropped from its output (receptive field).
+        Neighbouring samples fed on each side of a window and dropped from its output (receptive field); a minimum,
+        rounded up to whole frames of every stream.
     overlap : int
-        Samples by which consecutive *decoding* windows overlap and are cross-faded (linear ramps).
+        Samples by which consecutive *decoding* windows overlap and are cross-faded (linear ramps); a minimum,
+        rounded up like ``context``.
     align : int
         Every boundary (window, context, overlap) must be a multiple of this, in addition to whole token frames of
         every stream (e.g. SemantiCodec's 0.16 s patch columns, 2560 samples).
@@ -198,7 +200,9 @@ class AcousticOutput:
         Quantized acoustic latent (straight-through during training).
     tokens : dict[str, LongTensor[B x T]]
         One entry per stream in ``streams()``.
-    losses, metrics, extras : as in :class:`SemanticOutput` (commitment loss, code usage, ...).
+    losses, metrics, extras : as in :class:`SemanticOutput` (commitment loss, code usage, ...). By convention
+        ``extras["pitch"]`` = (log2 F0, voiced), each ``Tensor[B x T]``, when the quantizer carries the pitch
+        (a harmonic decoder's excitation follows it).
     """
 
     quantized: Tensor

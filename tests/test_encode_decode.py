@@ -198,6 +198,11 @@ def test_policies_declared_by_slots_are_used_and_checked(checkpoint):
     tok.codec.acoustic.chunk_policy = lambda: ChunkPolicy(context=3200)
     policy = resolve_chunk_policy(tok.codec)
     assert (policy.window, policy.overlap, policy.context, policy.exact) == (32000, 1600, 3200, True)
+    # context and overlap are minimums: rounded up to whole 100 Hz frames (160 samples)
+    tok.codec.decoder.chunk_policy = lambda: ChunkPolicy(window=32000, overlap=1000)
+    tok.codec.acoustic.chunk_policy = lambda: ChunkPolicy(context=3000)
+    policy = resolve_chunk_policy(tok.codec)
+    assert (policy.overlap, policy.context) == (1120, 3040)
     tok.codec.decoder.chunk_policy = lambda: ChunkPolicy(window=1000)  # not whole 100 Hz frames
     with pytest.raises(ValueError, match="not a multiple of 160"):
         resolve_chunk_policy(tok.codec)

@@ -186,8 +186,9 @@ def test_harmonic_branch_starts_silent_and_renders_the_predicted_f0_when_opened(
     y = y - y.mean()
     ac = [float((y[lag:] * y[:-lag]).sum() / (y * y).sum()) for lag in (80, 40, 120)]
     assert ac[0] > 0.9 and ac[0] > ac[1] + 0.5 and ac[0] > ac[2] + 0.5  # a 200 Hz period (80 samples)
-    # gain 1 renders unit harmonics: the iSTFT inverts the excitation's STFT (39 harmonics below 8 kHz at 200 Hz)
-    assert y.pow(2).mean().sqrt().item() == pytest.approx(np.sqrt(39 / 2), rel=0.05)
+    # gain 1 renders harmonics at `harmonic_scale`: the iSTFT inverts the excitation's STFT (39 below 8 kHz at 200 Hz)
+    scale = decoder.cfg.harmonic_scale
+    assert y.pow(2).mean().sqrt().item() == pytest.approx(scale * np.sqrt(39 / 2), rel=0.05)
 
 
 def test_harmonic_branch_trains_f0_on_yin_targets_and_its_gain_from_the_waveform():
@@ -235,3 +236,86 @@ def _save(codec, tmp_path):
     path.parent.mkdir()
     save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(path))
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pitch stream (acoustic.pitch_stream) driving the harmonic branch
+# ---------------------------------------------------------------------------------------------------------------
+
+PITCH = "acoustic.pitch_stream={frame_rate: 25}"
+
+
+def test_pitch_stream_round_trip_within_its_step_and_silence_is_unvoiced():
+    from codecfw.plugins.nn.pitch import PitchStream
+
+    stream = PitchStream(16000, 320, 25.0, bits=8, f0_min=50.0, f0_max=800.0)
+    x, f0_true = _chirp(110.0, 260.0)
+    x = torch.cat([torch.zeros(1, 8000), x], -1)  # 0.5 s of silence, then the glide
+    tokens = stream.encode(x)
+    assert tokens.shape == (1, 38) and tokens.dtype == torch.long  # ceil(75 frames / 2)
+    assert (tokens[0, :11] == 0).all() and (tokens[0, 14:-1] > 0).all()
+    log_f0, voiced = stream.decode(tokens)
+    assert log_f0.shape == voiced.shape == (1, 76)
+    centres = torch.arange(76) * 320 + 160 - 8000  # sample of each frame's centre within the glide
+    inside = voiced[0] & (centres > 640) & (centres < 16000 - 640)
+    truth = torch.log2(f0_true[centres[inside]])
+    # one 25 Hz token spans 40 ms of a glide of 150 Hz/s: its mean and the 19-cent step bound the error
+    assert (1200 * (log_f0[0, inside] - truth)).abs().max() < 60
+    with pytest.raises(ValueError, match="whole number"):
+        PitchStream(16000, 320, 30.0)
+
+
+def test_a_pitch_stream_adds_its_bits_and_the_decoder_follows_it():
+    codec = build_codec(tiny(*NO_TEACHER, HARMONIC, PITCH)).eval()
+    streams = {s.name: s for s in codec.streams()}
+    assert streams["pitch"].frame_rate == 25 and streams["pitch"].codebook_size == 256
+    assert codec.bitrate == pytest.approx(sum(s.frame_rate * s.bits_per_token for s in streams.values()))
+    x, _ = _chirp(150.0, 150.0)
+    with torch.no_grad():
+        tokens = codec.encode(0.3 * x[None])
+        assert set(tokens) == {"semantic", "acoustic", "pitch"} and tokens["pitch"].shape == (1, 25)
+        decoder = codec.decoder  # open the harmonic branch, silence the head
+        decoder.head.out.bias[: decoder.n_fft // 2 + 1] = -30.0
+        decoder.head.out.weight.zero_()
+        decoder.harmonic_gain.bias.fill_(1.0 / decoder.cfg.harmonic_scale)
+
+        def period(pitch_tokens):
+            y = codec.decode({**tokens, "pitch": pitch_tokens}, 16000)[0, 0, 2000:-2000]
+            y = y - y.mean()
+            ac = torch.stack([(y[lag:] * y[:-lag]).sum() / (y * y).sum() for lag in range(40, 200)])
+            return 40 + int(ac.argmax())
+
+        stream = codec.acoustic.pitch
+        level = lambda hz: 1 + round((np.log2(hz) - np.log2(50)) / (np.log2(800) - np.log2(50)) * 254)  # noqa: E731
+        assert period(torch.full((1, 25), level(200.0))) == 80      # 200 Hz
+        assert period(torch.full((1, 25), level(100.0))) in (159, 160, 161)  # 100 Hz
+        silent = codec.decode({**tokens, "pitch": torch.zeros(1, 25, dtype=torch.long)}, 16000)
+        assert silent.abs().max() < 1e-3  # unvoiced everywhere: no excitation, and the head is silenced
+        assert stream.codebook_size == 256
+
+
+def test_chunked_encoding_gives_the_whole_file_pitch_tokens():
+    from codecfw.core.tokenizer.api import AudioTokenizer
+
+    tokenizer = AudioTokenizer.from_recipe(tiny(*NO_TEACHER, HARMONIC, PITCH), chunk_seconds=1.0)
+    assert not tokenizer.policy.exact and "phase" in tokenizer.policy.note
+    x, _ = _chirp(100.0, 300.0, seconds=3.5)
+    wave = 0.3 * x + 0.01 * torch.randn_like(x)
+    whole = tokenizer.encode(wave, 16000, chunked=False)[0]
+    chunked = tokenizer.encode(wave, 16000, chunked=True)[0]
+    np.testing.assert_array_equal(whole.tokens["pitch"], chunked.tokens["pitch"])
+    assert (np.asarray(whole.tokens["pitch"]) > 0).mean() > 0.9  # the glide is voiced
+    decoded = tokenizer.decode(chunked)[0]
+    assert decoded.shape[-1] == wave.shape[-1] and torch.isfinite(decoded).all()
+
+
+@pytest.mark.parametrize("name, bitrate, streams", [
+    ("sacodec_small_16k", 1400, {"semantic", "acoustic"}),
+    ("sacodec_small_16k_harmonic", 1400, {"semantic", "acoustic"}),
+    ("sacodec_small_16k_pitch", 1500, {"semantic", "acoustic", "pitch"}),
+])
+def test_small_16k_recipes_stay_within_one_and_a_half_kbps(name, bitrate, streams):
+    codec = build_codec(load_recipe(name, NO_TEACHER))
+    assert {s.name for s in codec.streams()} == streams
+    assert codec.bitrate == pytest.approx(bitrate) and codec.bitrate <= 1500
+    assert (codec.decoder.f0_proj is not None) == (name != "sacodec_small_16k")

@@ -99,13 +99,13 @@ def resolve_chunk_policy(codec: Any, window_seconds: float | None = None) -> Chu
     if window_seconds is not None or policy.window is None:
         seconds = DEFAULT_WINDOW_SECONDS if window_seconds is None else window_seconds
         policy = replace(policy, window=max(window_unit, int(seconds * sample_rate) // window_unit * window_unit))
-    checks = (("window", policy.window, window_unit), ("context", policy.context, unit),
-              ("overlap", policy.overlap, unit))
-    for name, value, multiple in checks:
-        if value % multiple:
-            raise ValueError(f"chunk policy of {type(codec).__name__}: {name}={value} samples is not a multiple of "
-                             f"{multiple} (whole frames of every stream, align={policy.align}"
-                             f"{f', window_align={policy.window_align}' if name == 'window' else ''})")
+    # context and overlap are minimums (a receptive field, a cross-fade): rounded up to whole frames of every stream
+    # (a slot cannot know the other slots' frame rates: a 25 Hz pitch stream beside a 50 Hz decoder)
+    policy = replace(policy, context=_round_up(policy.context, unit), overlap=_round_up(policy.overlap, unit))
+    if policy.window % window_unit:
+        raise ValueError(f"chunk policy of {type(codec).__name__}: window={policy.window} samples is not a multiple "
+                         f"of {window_unit} (whole frames of every stream, align={policy.align}, "
+                         f"window_align={policy.window_align})")
     if policy.overlap >= policy.window:
         raise ValueError(f"chunk policy: overlap {policy.overlap} must be smaller than window {policy.window}")
     return policy

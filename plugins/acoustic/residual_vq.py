@@ -31,9 +31,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from codecfw import hookimpl
-from codecfw.core.config import CodebookSize, PluginConfig
+from codecfw.core.config import CodebookSize, PluginConfig, StrictModel
 from codecfw.core.types import AcousticOutput, AcousticQuantizer, BuildContext, SemanticOutput, TokenStream
 from codecfw.plugins.nn.dac import Snake1d
+from codecfw.plugins.nn.pitch import PitchStream
 
 
 class ResidualActivation(nn.Module):
@@ -58,12 +59,25 @@ class NormalizedLinear(nn.Linear):
         return F.normalize(super().forward(x), dim=-1)
 
 
+class PitchStreamConfig(StrictModel):
+    """A third token stream carrying the measured F0 (``plugins/nn/pitch.py``, ``PitchStream``)."""
+
+    frame_rate: float = Field(25.0, gt=0, description="tokens per second; must divide the codec's frame rate")
+    bits: int = Field(8, ge=2, le=16, description="bits a token: 0 = unvoiced, the rest log-F0 levels")
+    f0_min: float = Field(50.0, gt=0)
+    f0_max: float = Field(800.0, gt=0)
+    yin_threshold: float = Field(0.15, gt=0, lt=1, description="YIN's voicing threshold")
+
+
 class _ResidualConfig(PluginConfig):
     codebook_size: CodebookSize = Field(65536, description="entries of the single acoustic codebook")
     code_dim: int = Field(256, gt=0, description="dimension the residual is quantized in")
     hidden: int = Field(512, gt=0, description="channels of the residual activation module")
     kernel_size: int = Field(3, gt=0)
     commitment_weight: float = Field(1.0, ge=0)
+    pitch_stream: PitchStreamConfig | None = Field(None, description="also emit the measured F0 as a 'pitch' "
+                                                   "stream, handed to the decoder as extras['pitch'] (a harmonic "
+                                                   "decoder's excitation follows it)")
 
 
 class SimVQResidualConfig(_ResidualConfig):
@@ -102,6 +116,9 @@ class ResidualQuantizer(AcousticQuantizer):
         self.hop_length = round(ctx.sample_rate / semantic.frame_rate)  # lets the decoder check its upsampling
         self.quantized_dim = dim
         self.codebook_size = cfg.codebook_size
+        p = cfg.pitch_stream
+        self.pitch = None if p is None else PitchStream(ctx.sample_rate, self.hop_length, p.frame_rate, p.bits,
+                                                         p.f0_min, p.f0_max, p.yin_threshold)
         self.activation = ResidualActivation(dim, cfg.code_dim, cfg.hidden, cfg.kernel_size)
         self.out_proj = nn.Conv1d(cfg.code_dim, dim, 1)
         # the input is normalised here, the codes by the codebook transform (NormalizedLinear)
@@ -123,7 +140,17 @@ class ResidualQuantizer(AcousticQuantizer):
                                      commitment_weight=cfg.commitment_weight, channel_last=False)
 
     def streams(self) -> list[TokenStream]:
-        return [TokenStream("acoustic", self.frame_rate, self.codebook_size)]
+        streams = [TokenStream("acoustic", self.frame_rate, self.codebook_size)]
+        if self.pitch is not None:
+            streams.append(TokenStream("pitch", self.pitch.frame_rate, self.pitch.codebook_size))
+        return streams
+
+    def _with_pitch(self, out: AcousticOutput, pitch_tokens: Tensor | None) -> AcousticOutput:
+        """Adds ``extras['pitch']`` = (log2 F0, voiced), each Tensor[B x T] at the acoustic frame rate."""
+        if self.pitch is not None and pitch_tokens is not None:
+            out.tokens["pitch"] = pitch_tokens
+            out.extras["pitch"] = self.pitch.decode(pitch_tokens, out.quantized.shape[-1])
+        return out
 
     def forward(self, waveform: Tensor, semantic: SemanticOutput) -> AcousticOutput:
         # front-ends that pad to whole windows (AudioMAE's 10.24 s) say how many frames are real
@@ -136,17 +163,25 @@ class ResidualQuantizer(AcousticQuantizer):
         q, tokens, commit = self.vq(x)
         quantized = anchor + self.out_proj(q)
         used = torch.unique(tokens).numel()
-        return AcousticOutput(quantized=quantized, tokens={"acoustic": tokens.long()},
-                              losses={"commitment": commit.sum()},
-                              metrics={"acoustic_usage": torch.tensor(used / self.codebook_size),
-                                       "residual_rms": residual.detach().pow(2).mean().sqrt()})
+        out = AcousticOutput(quantized=quantized, tokens={"acoustic": tokens.long()},
+                             losses={"commitment": commit.sum()},
+                             metrics={"acoustic_usage": torch.tensor(used / self.codebook_size),
+                                      "residual_rms": residual.detach().pow(2).mean().sqrt()})
+        if self.pitch is None:
+            return out
+        pitch = self.pitch.encode(waveform.reshape(-1, waveform.shape[-1]))
+        # as many pitch tokens as whole-or-partial pitch frames over the acoustic frames
+        pitch = pitch[..., :-(-frames // self.pitch.ratio)]
+        return self._with_pitch(out, pitch)
 
     def from_tokens(self, tokens: dict[str, Tensor], semantic: SemanticOutput) -> AcousticOutput:
         codes = self.vq.get_output_from_indices(tokens["acoustic"]) if hasattr(self.vq, "get_output_from_indices") \
             else self.vq.indices_to_codes(tokens["acoustic"])
         if codes.shape[1] != self.out_proj.in_channels:  # channel-last codes → channel-first
             codes = codes.transpose(1, 2)
-        return AcousticOutput(quantized=semantic.quantized + self.out_proj(codes), tokens=dict(tokens))
+        out = AcousticOutput(quantized=semantic.quantized + self.out_proj(codes),
+                             tokens={k: v for k, v in tokens.items() if k != "pitch"})
+        return self._with_pitch(out, tokens.get("pitch"))
 
 
 @hookimpl

@@ -23,8 +23,8 @@ the iSTFT. The head alone must learn each frame's phase so that consecutive fram
 and low bitrate it rendered voiced speech as noise (docs/training.md), the excitation brings the coherent phase in::
 
     log f0 = F0Proj(h)                                [B x uT]          (its loss: |log2 f0 − log2 f0_YIN| on voiced frames)
-    E = STFT(pulse_train(f0.detach()))                [B x F x uT]      same framing as the iSTFT: gain 1 = unit harmonics
-    S = S_head + Gain(h) · E                          [B x F x uT]      Gain: linear, signed, 0 at initialisation
+    E = STFT(pulse_train(f0.detach()))                [B x F x uT]      same framing as the iSTFT
+    S = S_head + scale · Gain(h) · E                  [B x F x uT]      Gain: linear, signed, 0 at initialisation
 
 The backbone and head are the ``vocos`` package's own modules (``pip install 'codecfw[vocos]'``). The generator and
 discriminators train through the shared loop exactly as ``dac_generator`` does (same discriminators, GAN and
@@ -65,6 +65,8 @@ class VocosISTFTConfig(PluginConfig):
     f0_max: float = Field(1000.0, gt=0, description="harmonic_source: highest F0 (Hz) predicted and tracked")
     yin_threshold: float = Field(0.15, gt=0, lt=1, description="harmonic_source: YIN voicing threshold of the "
                                                                 "F0 targets (lower: fewer, surer voiced frames)")
+    harmonic_scale: float = Field(0.01, gt=0, description="harmonic_source: amplitude of each harmonic at gain 1 "
+                                                             "(speech's harmonics are ~0.01-0.05 at full scale)")
     f0_teacher_forcing: float = Field(0.5, ge=0, le=1, description="harmonic_source: probability per training "
                                       "batch that the excitation follows the input's F0 on its voiced frames instead "
                                       "of the predicted one (the gain learns on right harmonics while F0 is learnt)")
@@ -124,11 +126,13 @@ class VocosISTFTDecoder(Decoder):
                                  "like the iSTFT's 'same' frames)")
             self.f0_proj = nn.Linear(cfg.dim, 1)
             self.harmonic_gain = nn.Linear(cfg.dim, n_fft // 2 + 1)
-            # Gain 1 renders every harmonic at amplitude 1 (the iSTFT inverts the excitation's STFT). The gain is the
-            # linear layer's output itself (signed: −1 is the same harmonic at opposite phase), started at exactly 0:
-            # the branch adds nothing to a trained head at first, and its gradient (∝ the excitation) does not vanish
-            # there. An exp(·) gain, as the head's magnitudes use, has a gradient ∝ the gain: started small it was
-            # shut by the first steps' loss spike and never reopened (docs/training.md).
+            # Gain 1 renders every harmonic at amplitude `harmonic_scale` (the iSTFT inverts the excitation's STFT).
+            # The gain is the linear layer's output itself (signed: −1 is the same harmonic at opposite phase),
+            # started at exactly 0: the branch adds nothing to a trained head at first, and its gradient (∝ the
+            # excitation) does not vanish there. An exp(·) gain, as the head's magnitudes use, has a gradient ∝ the
+            # gain: started small it was shut by the first steps' loss spike and never reopened. The scale keeps
+            # Adam's first steps (~0.05 of gain each) at a fraction of speech's level: unscaled, they opened unit
+            # harmonics within ~20 steps and the mel loss tripled (docs/training.md).
             with torch.no_grad():
                 self.harmonic_gain.weight.zero_()
                 self.harmonic_gain.bias.zero_()
@@ -154,12 +158,17 @@ class VocosISTFTDecoder(Decoder):
             y = self.head(h)
         else:
             log_f0 = self._log2_f0(h)
-            source = log_f0.detach()
+            source, mask = log_f0.detach(), None
+            stream = acoustic.extras.get("pitch")  # a pitch stream: the excitation follows it, silent when unvoiced
+            if stream is not None:  # at the codec's frame rate: repeated to the iSTFT's
+                forced_f0 = tuple(t.repeat_interleave(self.cfg.upsample, -1) for t in stream)
+                n = source.shape[-1]
+                mask = F.pad(forced_f0[1].float(), (0, max(0, n - forced_f0[1].shape[-1])))[..., :n]
             if forced_f0 is not None:
                 target, voiced = (t[..., :source.shape[-1]] for t in forced_f0)
                 source = source.clone()
                 source[..., :target.shape[-1]] = torch.where(voiced, target, source[..., :target.shape[-1]])
-            y = self.head.istft(self._head_spectrum(h) + self._harmonic_spectrum(h, source))
+            y = self.head.istft(self._head_spectrum(h) + self._harmonic_spectrum(h, source, mask))
         y = y.unsqueeze(1)  # B x 1 x (frames · hop)
         if y.shape[-1] >= num_samples:
             return y[..., :num_samples], log_f0
@@ -174,14 +183,17 @@ class VocosISTFTDecoder(Decoder):
         lo, hi = math.log2(self.cfg.f0_min), math.log2(self.cfg.f0_max)
         return lo + (hi - lo) * torch.sigmoid(self.f0_proj(h)[..., 0])
 
-    def _harmonic_spectrum(self, h: Tensor, log_f0: Tensor) -> Tensor:
-        """The pulse train following ``2^log_f0``, analysed with the iSTFT's own framing, times the predicted gain."""
+    def _harmonic_spectrum(self, h: Tensor, log_f0: Tensor, voiced: Tensor | None = None) -> Tensor:
+        """The pulse train following ``2^log_f0``, analysed with the iSTFT's own framing, times the predicted gain
+        (and ``voiced`` : Tensor[B x T], 0/1 per frame, when given)."""
         with torch.no_grad():
             excitation = harmonic_excitation(2.0 ** log_f0.float(), self.istft_hop, self.sample_rate)
             pad = (self.n_fft - self.istft_hop) // 2
             spec = torch.stft(F.pad(excitation, (pad, pad)), self.n_fft, self.istft_hop, self.n_fft,
                               self.head.istft.window, center=False, return_complex=True)
-        gain = self.harmonic_gain(h).float().transpose(1, 2)
+        gain = self.cfg.harmonic_scale * self.harmonic_gain(h).float().transpose(1, 2)
+        if voiced is not None:
+            gain = gain * voiced[:, None, :gain.shape[-1]]
         return gain * spec[..., :gain.shape[-1]]
 
     def chunk_policy(self):
@@ -202,7 +214,9 @@ class VocosISTFTDecoder(Decoder):
         f0, voiced = yin(waveform.reshape(-1, waveform.shape[-1]), self.sample_rate, self.istft_hop,
                          self.cfg.f0_min, self.cfg.f0_max, self.cfg.yin_threshold)
         target = torch.log2(f0.clamp(self.cfg.f0_min, self.cfg.f0_max))
-        forced = (target, voiced) if self.training and float(torch.rand(())) < self.cfg.f0_teacher_forcing else None
+        forced = None  # a pitch stream (acoustic.extras['pitch']) takes precedence inside _synthesize
+        if "pitch" not in acoustic.extras and self.training and float(torch.rand(())) < self.cfg.f0_teacher_forcing:
+            forced = (target, voiced)
         y, log_f0 = self._synthesize(acoustic, waveform.shape[-1], forced)
         n = min(f0.shape[-1], log_f0.shape[-1])
         voiced = voiced[..., :n]

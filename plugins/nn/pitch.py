@@ -22,12 +22,13 @@ from torch import Tensor
 
 @torch.no_grad()
 def yin(wav: Tensor, sample_rate: int, hop: int, f_min: float = 50.0, f_max: float = 1000.0,
-        threshold: float = 0.15, window: int | None = None, silence_db: float = -50.0) -> tuple[Tensor, Tensor]:
+        threshold: float = 0.15, window: int | None = None, silence_db: float = -60.0) -> tuple[Tensor, Tensor]:
     """wav : Tensor[B x N] → (f0 : Tensor[B x T] in Hz, voiced : BoolTensor[B x T]), ``T = ceil(N / hop)``.
 
     Frame ``t`` is centred on sample ``t·hop + hop/2`` (the frames of a codec whose hop is ``hop``). ``window``
     (default: two periods of ``f_min``, at least ``hop``) is YIN's integration window. Unvoiced frames carry the
-    F0 of their best lag (meaningless); frames quieter than ``silence_db`` below the clip's peak frame are unvoiced.
+    F0 of their best lag (meaningless); frames whose power is below ``silence_db`` dB full scale are unvoiced (an
+    absolute level, so a frame's decision does not depend on the rest of the clip: chunked encoding agrees).
     """
     wav = wav.float()
     batch, n = wav.shape
@@ -62,7 +63,7 @@ def yin(wav: Tensor, sample_rate: int, hop: int, f_min: float = 50.0, f_max: flo
     shift = torch.where(curvature > 1e-9, 0.5 * (c0 - c2) / curvature.clamp(min=1e-9), torch.zeros_like(c1))
     f0 = sample_rate / (best.float() + shift.clamp(-1, 1))
     power = a.square().mean(-1)
-    loud = 10 * torch.log10(power.clamp(min=1e-12) / power.amax(-1, keepdim=True).clamp(min=1e-12)) > silence_db
+    loud = 10 * torch.log10(power.clamp(min=1e-12)) > silence_db
     return f0, (c1 < threshold) & loud
 
 
@@ -79,3 +80,50 @@ def harmonic_excitation(f0: Tensor, hop: int, sample_rate: int, max_harmonics: i
     for k in range(1, k_max + 1):  # k·f0 ≥ Nyquist is masked per sample (F0 varies)
         out = out + torch.cos(k * phase) * (k * samples < sample_rate / 2)
     return out
+
+
+class PitchStream:
+    """The measured F0 as tokens: ``2^bits`` values per ``frame_rate`` frame, 0 = unvoiced, ``1 … 2^bits − 1`` =
+    log-F0 levels spaced evenly from ``f0_min`` to ``f0_max`` (8 bits over 50-800 Hz: 19 cents a step).
+
+    How Codec2 and LPCNet carry pitch (measured at the encoder, sent explicitly), so a decoder's harmonic source gets
+    the right F0 on voices it never saw; a pitch learnt from acoustic tokens does not generalise from a corpus of few
+    voices (docs/training.md). Each token pools ``ratio`` YIN frames at the codec's hop: voiced when at least half
+    are, its level the mean log-F0 of the voiced ones.
+    """
+
+    def __init__(self, sample_rate: int, codec_hop: int, frame_rate: float, bits: int = 8, f0_min: float = 50.0,
+                 f0_max: float = 800.0, yin_threshold: float = 0.15) -> None:
+        ratio = sample_rate / codec_hop / frame_rate
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+            raise ValueError(f"pitch stream: frame_rate {frame_rate} must divide the codec's frame rate "
+                             f"{sample_rate / codec_hop} a whole number of times")
+        if not 0 < f0_min < f0_max < sample_rate / 2:
+            raise ValueError(f"pitch stream: need 0 < f0_min < f0_max < {sample_rate / 2} Hz, got {f0_min}, {f0_max}")
+        self.sample_rate, self.codec_hop, self.frame_rate, self.ratio = sample_rate, codec_hop, frame_rate, round(ratio)
+        self.codebook_size, self.f0_min, self.f0_max, self.yin_threshold = 2 ** bits, f0_min, f0_max, yin_threshold
+        self._lo, self._hi = math.log2(f0_min), math.log2(f0_max)
+
+    def encode(self, wav: Tensor) -> Tensor:
+        """wav : Tensor[B x N] → LongTensor[B x ceil(N / (hop·ratio))]."""
+        f0, voiced = yin(wav, self.sample_rate, self.codec_hop, self.f0_min, self.f0_max, self.yin_threshold)
+        pad = (-f0.shape[-1]) % self.ratio
+        log_f0 = F.pad(torch.log2(f0.clamp(self.f0_min, self.f0_max)), (0, pad)).unflatten(-1, (-1, self.ratio))
+        voiced = F.pad(voiced, (0, pad)).unflatten(-1, (-1, self.ratio)).float()
+        count = voiced.sum(-1)
+        mean = (log_f0 * voiced).sum(-1) / count.clamp(min=1)
+        levels = self.codebook_size - 1
+        level = 1 + torch.round((mean - self._lo) / (self._hi - self._lo) * (levels - 1)).clamp(0, levels - 1)
+        return torch.where(count >= self.ratio / 2, level, torch.zeros_like(level)).long()
+
+    def decode(self, tokens: Tensor, frames: int | None = None) -> tuple[Tensor, Tensor]:
+        """tokens : LongTensor[B x Tp] → (log2 F0, voiced), each Tensor[B x T] at the codec's frame rate
+        (``T = frames`` or ``Tp·ratio``); unvoiced frames carry ``f0_min``."""
+        levels = self.codebook_size - 1
+        voiced = tokens > 0
+        log_f0 = self._lo + (tokens.clamp(min=1) - 1).float() / (levels - 1) * (self._hi - self._lo)
+        log_f0 = log_f0.repeat_interleave(self.ratio, -1)
+        voiced = voiced.repeat_interleave(self.ratio, -1)
+        if frames is not None:
+            log_f0, voiced = log_f0[..., :frames], voiced[..., :frames]
+        return torch.where(voiced, log_f0, torch.full_like(log_f0, self._lo)), voiced
