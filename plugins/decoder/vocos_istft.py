@@ -22,9 +22,13 @@ integrated sample by sample, ``plugins/nn/pitch.py``) is shaped by that gain and
 the iSTFT. The head alone must learn each frame's phase so that consecutive frames add up coherently; at a 20 ms hop
 and low bitrate it rendered voiced speech as noise (docs/training.md), the excitation brings the coherent phase in::
 
-    log f0 = F0Proj(h)                                [B x uT]          (its loss: |log2 f0 − log2 f0_YIN| on voiced frames)
+    log f0 = F0Proj(h)                                [B x uT]          loss: |log2 f0 − log2 f0_YIN|, voiced frames
     E = STFT(pulse_train(f0.detach()))                [B x F x uT]      same framing as the iSTFT
     S = S_head + scale · Gain(h) · E                  [B x F x uT]      Gain: linear, signed, 0 at initialisation
+
+When the acoustic quantizer transmits the pitch (``acoustic.pitch_stream``: ``extras["pitch"]``), the excitation
+follows that F0 instead of the predicted one, at training and synthesis alike, and is silent on unvoiced frames: a
+pitch inferred from acoustic tokens did not generalise to unseen voices (docs/training.md).
 
 The backbone and head are the ``vocos`` package's own modules (``pip install 'codecfw[vocos]'``). The generator and
 discriminators train through the shared loop exactly as ``dac_generator`` does (same discriminators, GAN and

@@ -15,11 +15,11 @@ With ``Y[f, t]`` the STFT, the three terms compare, between output and target:
   energy sits inside the frame (a glottal pulse against noise spread over it).
 - instantaneous phase (IP): the phase itself. A low-bitrate codec cannot know it, so it is off by default.
 
-APNet takes ``|wrap(Δ̂ − Δ)|`` of angles; here each phase difference is a unit phasor and the distance between two
-phasors, ``|e^{iΔ̂} − e^{iΔ}| = 2|sin((Δ̂ − Δ)/2)|``, is the same anti-wrapping distance without the ``angle`` (whose
-gradient is unbounded near zero magnitude: phasors are normalised by ``|Y| + eps``, so the gradient stays finite on
-silence). Bins are weighted by the target's magnitude (``magnitude_weighted``): the phase of a bin holding noise or
-nothing carries no information, and unweighted it dominates the mean.
+APNet takes ``|wrap(Δ̂ − Δ)|`` of angles; here each phase difference is a unit phasor and the distance between
+two phasors, ``|e^{iΔ̂} − e^{iΔ}| = 2|sin((Δ̂ − Δ)/2)|``, is the same anti-wrapping distance without the
+``angle`` (whose gradient is unbounded near zero magnitude: phasors are normalised by ``|Y| + eps``, so the
+gradient stays finite on silence). Bins are weighted by the target's magnitude (``magnitude_weighted``): the
+phase of a bin holding noise or nothing carries no information, and unweighted it dominates the mean.
 """
 
 from __future__ import annotations

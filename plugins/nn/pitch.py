@@ -68,9 +68,10 @@ def yin(wav: Tensor, sample_rate: int, hop: int, f_min: float = 50.0, f_max: flo
 
 
 def harmonic_excitation(f0: Tensor, hop: int, sample_rate: int, max_harmonics: int | None = None) -> Tensor:
-    """f0 : Tensor[B x T] (Hz, per frame) → Tensor[B x T·hop]: ``Σ_k cos(k·φ(n))`` over the harmonics below Nyquist,
-    each at amplitude 1, with ``φ(n) = 2π Σ_{m≤n} f0(m) / sample_rate`` (F0 linearly interpolated between frame
-    centres). A band-limited pulse train: every harmonic present, so a per-bin gain shapes it into any envelope."""
+    """f0 : Tensor[B x T] (Hz, per frame) → Tensor[B x T·hop]: ``Σ_k cos(k·φ(n))`` over the harmonics below
+    Nyquist, each at amplitude 1, with ``φ(n) = 2π Σ_{m≤n} f0(m) / sample_rate`` (F0 linearly interpolated between
+    frame centres). A band-limited pulse train: every harmonic present, so a per-bin gain shapes it into any
+    envelope."""
     f0 = f0.float().clamp(min=1.0)
     samples = F.interpolate(f0[:, None], scale_factor=hop, mode="linear", align_corners=False)[:, 0]
     cycles = torch.cumsum(samples.double() / sample_rate, dim=-1)
