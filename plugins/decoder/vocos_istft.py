@@ -166,12 +166,11 @@ class VocosISTFTDecoder(Decoder):
             stream = acoustic.extras.get("pitch")  # a pitch stream: the excitation follows it, silent when unvoiced
             if stream is not None:  # at the codec's frame rate: repeated to the iSTFT's
                 forced_f0 = tuple(t.repeat_interleave(self.cfg.upsample, -1) for t in stream)
-                n = source.shape[-1]
-                mask = F.pad(forced_f0[1].float(), (0, max(0, n - forced_f0[1].shape[-1])))[..., :n]
             if forced_f0 is not None:
-                target, voiced = (t[..., :source.shape[-1]] for t in forced_f0)
-                source = source.clone()
-                source[..., :target.shape[-1]] = torch.where(voiced, target, source[..., :target.shape[-1]])
+                n = source.shape[-1]  # the forced contour cropped or padded (unvoiced) to the head's frames
+                target, voiced = (F.pad(t, (0, max(0, n - t.shape[-1])))[..., :n] for t in forced_f0)
+                source = torch.where(voiced, target, source)
+                mask = voiced.float() if stream is not None else None
             y = self.head.istft(self._head_spectrum(h) + self._harmonic_spectrum(h, source, mask))
         y = y.unsqueeze(1)  # B x 1 x (frames · hop)
         if y.shape[-1] >= num_samples:

@@ -31,7 +31,7 @@ def yin(wav: Tensor, sample_rate: int, hop: int, f_min: float = 50.0, f_max: flo
     absolute level, so a frame's decision does not depend on the rest of the clip: chunked encoding agrees).
     """
     wav = wav.float()
-    batch, n = wav.shape
+    n = wav.shape[-1]
     tau_min, tau_max = max(2, int(sample_rate / f_max)), int(math.ceil(sample_rate / f_min))
     win = window or max(hop, 2 * tau_max)
     length = win + tau_max + 1
