@@ -104,7 +104,8 @@ def pesq_rows(reference: np.ndarray, decoded: np.ndarray, sample_rate: int = 160
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("codec", help="pretrained name, checkpoint folder or recipe (as `codecfw encode -c`)")
+    parser.add_argument("codec", help="pretrained name, checkpoint folder or recipe (as `codecfw encode -c`), or an "
+                                      "anchor of `codecfw eval --anchors` (codec2-2400, opus-6k, ...)")
     parser.add_argument("--data", type=Path, required=True, help="manifest (JSON lines with path, domain)")
     parser.add_argument("--domain", default="speech")
     parser.add_argument("--clips", type=int, default=12, help="first N clips of the domain longer than 0.6 s")
@@ -113,11 +114,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import codecfw
     from codecfw.core.data.audio import read_audio
+    from codecfw.core.evaluation.anchors import build_anchors
 
-    tokenizer = codecfw.load(args.codec)
-    codec, sr = tokenizer.codec, tokenizer.sample_rate
-    if sr != 16000:
-        raise SystemExit(f"{args.codec}: PESQ wide band needs 16 kHz; this codec runs at {sr} Hz")
+    sr = 16000
+    if args.codec.split("-")[0] in ("codec2", "opus"):
+        anchor = build_anchors([args.codec])[0]
+        anchor.check()
+
+        def round_trip(x: Tensor) -> Tensor:
+            return anchor.process(x.flatten()).waveform
+    else:
+        tokenizer = codecfw.load(args.codec)
+        codec = tokenizer.codec
+        if tokenizer.sample_rate != sr:
+            raise SystemExit(f"{args.codec}: PESQ wide band needs 16 kHz; it runs at {tokenizer.sample_rate} Hz")
+
+        def round_trip(x: Tensor) -> Tensor:
+            with torch.inference_mode():
+                return codec.decode(codec.encode(x.reshape(1, 1, -1)), x.shape[-1])
     root = args.data.parent
     picked = []
     for line_no, line in enumerate(args.data.read_text().splitlines(), 1):
@@ -135,10 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     table: dict[str, list[float]] = {}
     errors = []
     for path, audio in picked:
-        x = audio.reshape(1, 1, -1)
-        with torch.inference_mode():
-            y = codec.decode(codec.encode(x), x.shape[-1])
-        ref, dec = x.flatten().numpy(), y.flatten().numpy()
+        ref, dec = audio.flatten().numpy(), round_trip(audio).flatten().numpy()
         for name, score in pesq_rows(ref, dec, sr, args.lifter).items():
             table.setdefault(name, []).append(score)
         errors.append(peak_error_db(ref, dec))
