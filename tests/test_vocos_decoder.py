@@ -294,6 +294,27 @@ def test_a_pitch_stream_adds_its_bits_and_the_decoder_follows_it():
         assert stream.codebook_size == 256
 
 
+def test_voiced_head_cutoff_leaves_the_voiced_low_band_to_the_excitation():
+    codec = build_codec(tiny(*NO_TEACHER, HARMONIC, PITCH, "decoder.voiced_head_cutoff=2000",
+                             "decoder.voiced_head_crossover=500")).eval()
+    decoder = codec.decoder
+    with torch.no_grad():
+        decoder.head.out.bias[: decoder.n_fft // 2 + 1] = 0.0  # the head: unit magnitude in every bin
+        decoder.head.out.weight.zero_()
+        head = decoder._head_spectrum(torch.zeros(1, 4, decoder.cfg.dim))
+        voiced = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+        faded = decoder._faded(head, voiced).abs()
+    freq = torch.arange(head.shape[1]) * 16000 / decoder.n_fft
+    below, above, ramp = freq < 1750, freq > 2250, (freq > 1800) & (freq < 2200)
+    assert faded[0, below][:, [0, 2]].max() == 0 and faded[0, above][:, [0, 2]].min() == pytest.approx(1.0)
+    assert torch.all((faded[0, ramp][:, 0] > 0) & (faded[0, ramp][:, 0] < 1))
+    assert torch.equal(faded[0, :, [1, 3]], head.abs()[0, :, [1, 3]])  # unvoiced frames keep the whole head
+    # without a pitch stream (no voiced mask reaches the decoder) nothing is faded
+    assert torch.equal(decoder._faded(head, None), head)
+    with pytest.raises(Exception, match="voiced_head_cutoff"):
+        build_codec(tiny(*NO_TEACHER, HARMONIC, PITCH, "decoder.voiced_head_cutoff=9000"))
+
+
 def test_chunked_encoding_gives_the_whole_file_pitch_tokens():
     from codecfw.core.tokenizer.api import AudioTokenizer
 
@@ -313,6 +334,7 @@ def test_chunked_encoding_gives_the_whole_file_pitch_tokens():
     ("sacodec_small_16k", 1400, {"semantic", "acoustic"}),
     ("sacodec_small_16k_harmonic", 1400, {"semantic", "acoustic"}),
     ("sacodec_small_16k_pitch", 1500, {"semantic", "acoustic", "pitch"}),
+    ("sacodec_small_16k_voiced", 1500, {"semantic", "acoustic", "pitch"}),
 ])
 def test_small_16k_recipes_stay_within_one_and_a_half_kbps(name, bitrate, streams):
     codec = build_codec(load_recipe(name, NO_TEACHER))

@@ -74,6 +74,11 @@ class VocosISTFTConfig(PluginConfig):
     f0_teacher_forcing: float = Field(0.5, ge=0, le=1, description="harmonic_source: probability per training "
                                       "batch that the excitation follows the input's F0 on its voiced frames instead "
                                       "of the predicted one (the gain learns on right harmonics while F0 is learnt)")
+    voiced_head_cutoff: float | None = Field(None, gt=0, description="harmonic_source with a pitch stream: on "
+                                             "voiced frames the head's spectrum fades out below this frequency (Hz), "
+                                             "so the excitation alone renders the voiced low band (harmonic plus "
+                                             "noise); None: the head is never faded")
+    voiced_head_crossover: float = Field(1000.0, gt=0, description="width (Hz) of the fade, centred on the cut-off")
 
 
 class VocosISTFTDecoder(Decoder):
@@ -125,6 +130,9 @@ class VocosISTFTDecoder(Decoder):
             if not cfg.f0_min < cfg.f0_max < ctx.sample_rate / 2:
                 raise ValueError(f"decoder.f0_min/f0_max: need f0_min < f0_max < Nyquist ({ctx.sample_rate / 2} "
                                  f"Hz), got {cfg.f0_min} and {cfg.f0_max}")
+            if cfg.voiced_head_cutoff is not None and cfg.voiced_head_cutoff >= ctx.sample_rate / 2:
+                raise ValueError(f"decoder.voiced_head_cutoff: {cfg.voiced_head_cutoff} Hz is not below Nyquist "
+                                 f"({ctx.sample_rate / 2} Hz)")
             if cfg.padding != "same":
                 raise ValueError("decoder.harmonic_source needs padding: same (the excitation's STFT is framed "
                                  "like the iSTFT's 'same' frames)")
@@ -171,7 +179,7 @@ class VocosISTFTDecoder(Decoder):
                 target, voiced = (F.pad(t, (0, max(0, n - t.shape[-1])))[..., :n] for t in forced_f0)
                 source = torch.where(voiced, target, source)
                 mask = voiced.float() if stream is not None else None
-            y = self.head.istft(self._head_spectrum(h) + self._harmonic_spectrum(h, source, mask))
+            y = self.head.istft(self._faded(self._head_spectrum(h), mask) + self._harmonic_spectrum(h, source, mask))
         y = y.unsqueeze(1)  # B x 1 x (frames · hop)
         if y.shape[-1] >= num_samples:
             return y[..., :num_samples], log_f0
@@ -181,6 +189,17 @@ class VocosISTFTDecoder(Decoder):
         """vocos's ``ISTFTHead.forward`` up to the iSTFT: h : Tensor[B x T x dim] → complex Tensor[B x F x T]."""
         mag, phase = self.head.out(h).transpose(1, 2).chunk(2, dim=1)
         return torch.exp(mag).clip(max=1e2) * torch.complex(torch.cos(phase), torch.sin(phase))
+
+    def _faded(self, head: Tensor, voiced: Tensor | None) -> Tensor:
+        """The head's spectrum (Tensor[B x F x T]) with its band below ``voiced_head_cutoff`` faded out on voiced
+        frames (``voiced`` : Tensor[B x T], 0/1): a linear ramp over ``voiced_head_crossover`` Hz."""
+        cutoff = self.cfg.voiced_head_cutoff
+        if cutoff is None or voiced is None:
+            return head
+        freq = torch.arange(head.shape[1], device=head.device) * (self.sample_rate / self.n_fft)
+        kept = ((freq - cutoff) / self.cfg.voiced_head_crossover + 0.5).clamp(0, 1)  # 0 below, 1 above the fade
+        v = voiced[:, None, :head.shape[-1]].to(kept.dtype)
+        return head * (1 - v * (1 - kept[None, :, None]))
 
     def _log2_f0(self, h: Tensor) -> Tensor:
         lo, hi = math.log2(self.cfg.f0_min), math.log2(self.cfg.f0_max)
