@@ -18,6 +18,7 @@ from codecfw.plugins.pretrained.names import WEIGHTS
 
 NAME = "codecfw-sacodec-small-16k"
 FOLDER = WEIGHTS / NAME
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sacodec_small_16k_voiced.yaml"  # what it was trained by
 SR = 16000
 
 
@@ -67,6 +68,7 @@ def test_shipped_files_are_small_and_self_contained():
     assert "/root" not in text and "~/" not in text and "/home/" not in text, "paths of the training machine"
     assert meta["recipe"]["semantic"]["codebook"] is None  # the centroids are in the weights
     assert meta["released_as"] == NAME and meta["step"] > 0
+    assert meta["recipe"]["name"] == "sacodec-small-16k-voiced"  # RECIPE, the one that fine-tunes it
 
 
 def test_loads_offline_at_its_bitrate_and_reconstructs_better_than_random_weights():
@@ -76,7 +78,7 @@ def test_loads_offline_at_its_bitrate_and_reconstructs_better_than_random_weight
     tok = codecfw.load(NAME)
     codec = tok.codec
     assert codec.semantic._teacher is None  # building and loading never touched the teacher
-    assert codec.bitrate == pytest.approx(1400) and codec.bitrate <= 1500
+    assert codec.bitrate == pytest.approx(1500) and codec.bitrate <= 1500
     y = vowels()
     with torch.inference_mode():
         (tf,) = tok.encode(y[None], SR)
@@ -84,7 +86,8 @@ def test_loads_offline_at_its_bitrate_and_reconstructs_better_than_random_weight
         torch.manual_seed(0)
         random_codec = build_codec(tok.recipe).eval()
         random_out = random_codec.decode(random_codec.encode(y[None, None]), y.numel())
-    assert set(tf.tokens) == {"semantic", "acoustic"} and tf.tokens["semantic"].shape[-1] == 100  # 50 Hz x 2 s
+    assert set(tf.tokens) == {"semantic", "acoustic", "pitch"} and tf.tokens["semantic"].shape[-1] == 100  # 50 Hz
+    assert tf.tokens["pitch"].shape[-1] == 50 and (tf.tokens["pitch"] > 0).any()  # 25 Hz; the vowels are voiced
     trained, untrained = log_mel_distance(y, shipped.reshape(-1)), log_mel_distance(y, random_out.reshape(-1))
     print(f"log-mel distance: shipped {trained:.3f}, random weights {untrained:.3f}")
     assert trained < 0.6 * untrained, (trained, untrained)
@@ -109,7 +112,7 @@ def test_fine_tuning_starts_from_the_name(tmp_path, caplog):
         sf.write(tmp_path / f"v{i}.wav", vowels(1.0, seed=i).numpy(), SR)
         rows.append(json.dumps({"path": f"v{i}.wav", "domain": "speech"}))
     (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "sacodec_small_16k.yaml"
+    recipe = RECIPE
     with caplog.at_level(logging.INFO, logger="codecfw"):
         code = main(["train", str(recipe), "--run-dir", str(tmp_path / "run"), "--init-from", NAME, "--no-progress",
                      "semantic.teacher=null", "semantic.codebook=null", f"data.train={tmp_path / 'train.jsonl'}",

@@ -61,9 +61,10 @@ def bundled_specs() -> list[tuple[str, type[PretrainedSpec]]]:
     return [
         ("codecfw-sacodec-small-16k", bundled_spec(
             "codecfw-sacodec-small-16k", WEIGHTS / "codecfw-sacodec-small-16k",
-            description="codecfw's small SACodec-structured codec: 16 kHz, 1.4 kbps (50 Hz x 12 + 16 bits), Whisper "
-                        "tiny.en-anchored semantic tokens + SimVQ acoustic tokens, Vocos decoder; 5.9M parameters, "
-                        "trained on CPU (recipes/sacodec_small_16k.yaml)",
+            description="codecfw's small SACodec-structured codec: 16 kHz, 1.5 kbps (50 Hz x (12 + 14) bits + a "
+                        "25 Hz 8-bit pitch stream), Whisper tiny.en-anchored semantic tokens + SimVQ acoustic tokens, "
+                        "Vocos decoder with a pitch-driven harmonic excitation; 6.0M parameters, trained on CPU "
+                        "(recipes/sacodec_small_16k_voiced.yaml, after _pitch and the stage-1 recipe)",
             license="MIT (weights); trained on the Debian corpus of scripts/make_training_corpus.py",
             url="docs/sacodec.md")),
     ]
