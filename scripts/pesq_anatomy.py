@@ -22,7 +22,6 @@ peak) and on its weak bins (40-60 dB below): a flattened spectrum shows as peaks
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -114,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import codecfw
     from codecfw.core.data.audio import read_audio
+    from codecfw.core.data.dataset import read_manifest
     from codecfw.core.evaluation.anchors import build_anchors
 
     sr = 16000
@@ -132,23 +132,20 @@ def main(argv: list[str] | None = None) -> int:
         def round_trip(x: Tensor) -> Tensor:
             with torch.inference_mode():
                 return codec.decode(codec.encode(x.reshape(1, 1, -1)), x.shape[-1])
-    root = args.data.parent
     picked = []
-    for line_no, line in enumerate(args.data.read_text().splitlines(), 1):
-        row = json.loads(line)
-        if row.get("domain") != args.domain:
+    for entry in read_manifest(args.data):  # relative paths resolved, bad rows named by file and line
+        if entry.domain != args.domain:
             continue
-        path = Path(row["path"]) if Path(row["path"]).is_absolute() else root / row["path"]
-        audio = read_audio(path, sr)[0]
+        audio = read_audio(entry.path, sr)[0]
         if audio.shape[-1] >= 0.6 * sr:
-            picked.append((path, audio))
+            picked.append(audio)
         if len(picked) == args.clips:
             break
     if not picked:
         raise SystemExit(f"{args.data}: no {args.domain!r} clip of at least 0.6 s")
     table: dict[str, list[float]] = {}
     errors = []
-    for path, audio in picked:
+    for audio in picked:
         ref, dec = audio.flatten().numpy(), round_trip(audio).flatten().numpy()
         for name, score in pesq_rows(ref, dec, sr, args.lifter).items():
             table.setdefault(name, []).append(score)
