@@ -29,6 +29,10 @@ and low bitrate it rendered voiced speech as noise (docs/training.md), the excit
 When the acoustic quantizer transmits the pitch (``acoustic.pitch_stream``: ``extras["pitch"]``), the excitation
 follows that F0 instead of the predicted one, at training and synthesis alike, and is silent on unvoiced frames: a
 pitch inferred from acoustic tokens did not generalise to unseen voices (docs/training.md).
+``voiced_head_cutoff`` then fades the head's spectrum out below that frequency on those voiced frames, so the
+excitation alone renders the voiced low band (a harmonic-plus-noise split)::
+
+    S = fade_voiced(S_head) + scale · Gain(h) · E · voiced
 
 The backbone and head are the ``vocos`` package's own modules (``pip install 'codecfw[vocos]'``). The generator and
 discriminators train through the shared loop exactly as ``dac_generator`` does (same discriminators, GAN and
