@@ -149,6 +149,51 @@ def test_yin_tracks_a_glide_and_calls_noise_and_silence_unvoiced():
     assert not v_mixed[0, 2:23].any() and v_mixed[0, 27:-2].all()  # silence first, then the tone
 
 
+def test_crepe_tracks_a_glide_a_vibrato_yin_misses_and_calls_noise_and_silence_unvoiced():
+    pytest.importorskip("torchcrepe")
+    from codecfw.plugins.nn.pitch import crepe, yin
+
+    x, f0_true = _chirp(110.0, 260.0)
+    f0, voiced = crepe(x, 16000, 320)
+    assert f0.shape == voiced.shape == (1, 50) and voiced.dtype == torch.bool
+    centres = f0_true[torch.arange(50) * 320 + 160]
+    inner = slice(2, -2)
+    assert voiced[0, inner].all()
+    cents = (1200 * torch.log2(f0[0, inner] / centres[inner])).abs()
+    assert cents.max() < 30, cents  # CREPE's bins are 20 cents apart; the local average interpolates
+    torch.manual_seed(0)
+    _, v_noise = crepe(torch.randn(1, 16000), 16000, 320)
+    assert v_noise.float().mean() < 0.1
+    _, v_mixed = crepe(torch.cat([torch.zeros(1, 8000), x[:, :8000]], -1), 16000, 320)
+    assert not v_mixed[0, 2:23].any() and v_mixed[0, 27:-2].all()
+    # a wide, fast vibrato (300 Hz ± 15 %, 5 Hz): CREPE follows it, YIN's 40 ms window loses it on ~40 % of frames
+    t = torch.arange(16000) / 16000
+    f_vib = 300.0 * (1 + 0.15 * torch.sin(2 * np.pi * 5 * t))
+    phase = 2 * np.pi * torch.cumsum(f_vib, 0) / 16000
+    vib = sum(torch.sin(k * phase) / k for k in range(1, 10))[None]
+    f0_c, v_c = crepe(vib, 16000, 320)
+    _, v_y = yin(vib, 16000, 320, 50.0, 800.0)
+    truth = f_vib[torch.arange(50) * 320 + 160]
+    error = (1200 * torch.log2(f0_c[0, inner] / truth[inner])).abs()
+    assert v_c[0, inner].all() and error.median() < 25 and error.max() < 40, error
+    assert v_y[0, inner].float().mean() < 0.8
+
+
+def test_crepe_resamples_other_rates_and_frames_as_yin():
+    pytest.importorskip("torchcrepe")
+    from codecfw.plugins.nn.pitch import crepe
+
+    t = torch.arange(24000) / 24000  # 1 s at 24 kHz: 200 Hz for 0.5 s, then 300 Hz
+    f = torch.where(t < 0.5, 200.0, 300.0)
+    x = sum(torch.sin(k * 2 * np.pi * torch.cumsum(f, 0) / 24000) / k for k in range(1, 8))[None]
+    f0, voiced = crepe(x, 24000, 480)
+    assert f0.shape == (1, 50)
+    # frame t is centred on sample t·hop + hop/2: frames 0-23 end before the switch, 26-49 start after it
+    assert ((f0[0, 3:21] - 200).abs() < 6).all() and ((f0[0, 29:47] - 300).abs() < 9).all()
+    with pytest.raises(ValueError, match="'tiny' or 'full'"):
+        crepe(x, 24000, 480, capacity="small")
+
+
 def test_harmonic_excitation_is_band_limited_at_the_f0():
     from codecfw.plugins.nn.pitch import harmonic_excitation
 
@@ -265,6 +310,29 @@ def test_pitch_stream_round_trip_within_its_step_and_silence_is_unvoiced():
         PitchStream(16000, 320, 30.0)
 
 
+def test_a_crepe_pitch_stream_round_trips_and_bad_trackers_are_clear_errors():
+    pytest.importorskip("torchcrepe")
+    from codecfw.core.config import RecipeError
+    from codecfw.plugins.nn.pitch import PitchStream
+
+    stream = PitchStream(16000, 320, 25.0, tracker="crepe", crepe_threshold=0.2)
+    x, f0_true = _chirp(110.0, 260.0)
+    tokens = stream.encode(torch.cat([torch.zeros(1, 8000), x], -1))
+    assert (tokens[0, :11] == 0).all() and (tokens[0, 14:-1] > 0).all()
+    log_f0, voiced = stream.decode(tokens)
+    centres = torch.arange(76) * 320 + 160 - 8000
+    inside = voiced[0] & (centres > 640) & (centres < 16000 - 640)
+    assert inside.sum() > 40
+    assert (1200 * (log_f0[0, inside] - torch.log2(f0_true[centres[inside]]))).abs().max() < 60
+    with pytest.raises(ValueError, match="tracker must be 'yin' or 'crepe', got 'pyin'"):
+        PitchStream(16000, 320, 25.0, tracker="pyin")
+    with pytest.raises(RecipeError, match="acoustic.pitch_stream.tracker: expected one of 'yin', 'crepe', got 'pyin'"):
+        tiny(*NO_TEACHER, HARMONIC, "acoustic.pitch_stream={frame_rate: 25, tracker: pyin}")
+    codec = build_codec(tiny(*NO_TEACHER, HARMONIC, "acoustic.pitch_stream={frame_rate: 25, tracker: crepe}"))
+    assert codec.acoustic.pitch.tracker == "crepe"
+    assert not any("crepe" in k.lower() for k in codec.state_dict())  # the tracker never enters a checkpoint
+
+
 def test_a_pitch_stream_adds_its_bits_and_the_decoder_follows_it():
     codec = build_codec(tiny(*NO_TEACHER, HARMONIC, PITCH)).eval()
     streams = {s.name: s for s in codec.streams()}
@@ -315,10 +383,14 @@ def test_voiced_head_cutoff_leaves_the_voiced_low_band_to_the_excitation():
         build_codec(tiny(*NO_TEACHER, HARMONIC, PITCH, "decoder.voiced_head_cutoff=9000"))
 
 
-def test_chunked_encoding_gives_the_whole_file_pitch_tokens():
+@pytest.mark.parametrize("tracker", ["yin", "crepe"])
+def test_chunked_encoding_gives_the_whole_file_pitch_tokens(tracker):
     from codecfw.core.tokenizer.api import AudioTokenizer
 
-    tokenizer = AudioTokenizer.from_recipe(tiny(*NO_TEACHER, HARMONIC, PITCH), chunk_seconds=1.0)
+    if tracker == "crepe":
+        pytest.importorskip("torchcrepe")
+    pitch = f"acoustic.pitch_stream={{frame_rate: 25, tracker: {tracker}}}"
+    tokenizer = AudioTokenizer.from_recipe(tiny(*NO_TEACHER, HARMONIC, pitch), chunk_seconds=1.0)
     assert not tokenizer.policy.exact and "phase" in tokenizer.policy.note
     x, _ = _chirp(100.0, 300.0, seconds=3.5)
     wave = 0.3 * x + 0.01 * torch.randn_like(x)
@@ -335,6 +407,7 @@ def test_chunked_encoding_gives_the_whole_file_pitch_tokens():
     ("sacodec_small_16k_harmonic", 1400, {"semantic", "acoustic"}),
     ("sacodec_small_16k_pitch", 1500, {"semantic", "acoustic", "pitch"}),
     ("sacodec_small_16k_voiced", 1500, {"semantic", "acoustic", "pitch"}),
+    ("sacodec_small_16k_crepe", 1500, {"semantic", "acoustic", "pitch"}),
 ])
 def test_small_16k_recipes_stay_within_one_and_a_half_kbps(name, bitrate, streams):
     codec = build_codec(load_recipe(name, NO_TEACHER))

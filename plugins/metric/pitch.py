@@ -37,6 +37,7 @@ from torch import Tensor
 
 from codecfw import hookimpl
 from codecfw.core.metric import Metric, MetricConfig, MetricUnavailable, resample
+from codecfw.plugins.nn.pitch import crepe_local_average
 
 CREPE_RATE = 16000
 
@@ -55,11 +56,6 @@ class F0Config(MetricConfig):
     domains: list[str] | None = ["speech", "music"]
 
 
-def _bin_cents(bins: Tensor) -> Tensor:
-    """Cents (re 10 Hz) of CREPE's bins, 20 cents apart, without torchcrepe's dither."""
-    return 20.0 * bins.double() + 1997.3794084376191
-
-
 def viterbi_local_average(probabilities: Tensor) -> tuple[Tensor, Tensor]:
     """CREPE's ``--viterbi`` decoding without dither. probabilities : Tensor[B x 360 x F] (out-of-range bins -inf)
     → (bins : LongTensor[B x F], f0 : Tensor[B x F] in Hz): Viterbi path, then the activation-weighted mean cents of
@@ -67,14 +63,7 @@ def viterbi_local_average(probabilities: Tensor) -> tuple[Tensor, Tensor]:
     import torchcrepe
 
     bins = torchcrepe.decode.viterbi(probabilities)[0]  # its dithered frequencies are discarded
-    weights = probabilities.double().clamp_min(0).nan_to_num(0.0)  # -inf (masked bins) → 0
-    offsets = torch.arange(-4, 5, device=bins.device)
-    idx = (bins[:, None, :] + offsets[None, :, None])  # B x 9 x F
-    valid = (idx >= 0) & (idx < weights.shape[1])
-    w = weights.gather(1, idx.clamp(0, weights.shape[1] - 1)) * valid
-    cents = (w * _bin_cents(idx)).sum(1) / w.sum(1).clamp_min(1e-12)
-    cents = torch.where(w.sum(1) > 0, cents, _bin_cents(bins))
-    return bins, (10.0 * 2.0 ** (cents / 1200.0)).to(probabilities.dtype)
+    return bins, crepe_local_average(probabilities, bins)
 
 
 def track(wav: Tensor, config: F0Config) -> tuple[Tensor, Tensor]:
