@@ -190,6 +190,9 @@ def test_crepe_resamples_other_rates_and_frames_as_yin():
     assert f0.shape == (1, 50)
     # frame t is centred on sample t·hop + hop/2: frames 0-23 end before the switch, 26-49 start after it
     assert ((f0[0, 3:21] - 200).abs() < 6).all() and ((f0[0, 29:47] - 300).abs() < 9).all()
+    f0_small_batches, voiced_small_batches = crepe(x, 24000, 480, batch_frames=7)  # what long files run as
+    assert torch.equal(voiced_small_batches, voiced) and torch.allclose(f0_small_batches, f0, atol=1e-2)
+    assert crepe(x[:, :3000], 24000, 4000)[0].shape == (1, 1)  # a hop longer than CREPE's window
     with pytest.raises(ValueError, match="'tiny' or 'full'"):
         crepe(x, 24000, 480, capacity="small")
 

@@ -117,7 +117,8 @@ def crepe_local_average(probabilities: Tensor, bins: Tensor) -> Tensor:
 
 @torch.no_grad()
 def crepe(wav: Tensor, sample_rate: int, hop: int, f_min: float = 50.0, f_max: float = 1000.0,
-          threshold: float = 0.3, capacity: str = "tiny", silence_db: float = -60.0) -> tuple[Tensor, Tensor]:
+          threshold: float = 0.3, capacity: str = "tiny", silence_db: float = -60.0, batch_frames: int = 512
+          ) -> tuple[Tensor, Tensor]:
     """wav : Tensor[B x N] → (f0 : Tensor[B x T] in Hz, voiced : BoolTensor[B x T]), ``T = ceil(N / hop)``, framed as
     :func:`yin` (frame ``t`` centred on sample ``t·hop + hop/2``) with CREPE (module docstring).
 
@@ -133,15 +134,17 @@ def crepe(wav: Tensor, sample_rate: int, hop: int, f_min: float = 50.0, f_max: f
         wav = AF.resample(wav, sample_rate, CREPE_SAMPLE_RATE)
     hop16 = hop * CREPE_SAMPLE_RATE / sample_rate
     centre = (torch.arange(frames_n, device=wav.device) + 0.5) * hop16   # frame centres at 16 kHz
-    left = CREPE_WINDOW // 2
-    padded = F.pad(wav, (left, CREPE_WINDOW))
+    padded = F.pad(wav, (CREPE_WINDOW // 2, CREPE_WINDOW // 2 + math.ceil(hop16)))
     starts = centre.round().long()                                       # window [c − 512, c + 512) of `wav`
-    frames = padded[:, starts[:, None] + torch.arange(CREPE_WINDOW, device=wav.device)]  # B x T x 1024
+    frames = padded[:, starts[:, None] + torch.arange(CREPE_WINDOW, device=wav.device)].flatten(0, 1)  # BT x 1024
     power_db = 10 * torch.log10(frames.square().mean(-1).clamp(min=1e-12))
     frames = frames - frames.mean(-1, keepdim=True)
     frames = frames / frames.std(-1, keepdim=True).clamp(min=1e-10)
     model = _crepe_model(capacity, wav.device)
-    probabilities = model(frames.reshape(-1, CREPE_WINDOW)).reshape(wav.shape[0], frames_n, -1).transpose(1, 2)
+    # in batches of frames: the first layer alone holds 0.5 MB a frame (tiny), 2 MB (full)
+    probabilities = torch.cat([model(chunk) for chunk in frames.split(batch_frames)])
+    probabilities = probabilities.reshape(wav.shape[0], frames_n, -1).transpose(1, 2)
+    power_db = power_db.reshape(wav.shape[0], frames_n)
     cents = crepe_bin_cents(torch.arange(probabilities.shape[1], device=wav.device))
     in_range = (cents >= 1200 * math.log2(f_min / 10)) & (cents <= 1200 * math.log2(f_max / 10))
     probabilities = probabilities.masked_fill(~in_range[None, :, None], 0.0)
