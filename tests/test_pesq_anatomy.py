@@ -59,3 +59,28 @@ def test_a_flattened_spectrum_shows_as_peaks_too_low():
     strong, weak = anatomy.peak_error_db(x, flat.astype(np.float32))
     assert strong < -10 and weak > 0
     assert anatomy.peak_error_db(x, x.copy()) == (0.0, 0.0)
+
+
+def test_band_disturbance_is_zero_for_the_reference_and_weighs_added_energy_twice():
+    x = _voiced()
+    assert np.allclose(anatomy.band_disturbance(x, x.copy()), 0.0)
+    rng = np.random.default_rng(1)
+    noise = 0.02 * rng.standard_normal(len(x)).astype(np.float32)
+    added = anatomy.band_disturbance(x, x + noise)
+    assert added.shape == (len(x) // 128 + 1,) and (added >= 0).all()
+    # the same loudness change, removed instead of added, costs about half (PESQ's asymmetry)
+    quiet = x * 0.5
+    louder = anatomy.band_disturbance(quiet, x)     # decoded has more than the reference
+    softer = anatomy.band_disturbance(x, quiet)     # decoded has less
+    voiced = anatomy.band_disturbance(x, 0 * x) > 0.05
+    ratio = louder[voiced].mean() / softer[voiced].mean()
+    assert 1.5 < ratio < 2.5 * 0.5 ** -0.23, ratio  # 2× weight; loudness at half amplitude is 0.5^0.23 of it
+
+
+def test_figure_draws_each_codec_with_its_pesq(tmp_path):
+    pytest.importorskip("matplotlib")
+    x = _voiced()
+    path = tmp_path / "f.png"
+    scores = anatomy.draw_figure(path, x, {"same": x.copy(), "lowpass": np.convolve(x, np.ones(8) / 8, "same")})
+    assert list(scores) == ["same", "lowpass"] and scores["same"] > 4.4 and scores["lowpass"] < scores["same"] - 0.5
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
