@@ -417,3 +417,18 @@ def test_small_16k_recipes_stay_within_one_and_a_half_kbps(name, bitrate, stream
     assert {s.name for s in codec.streams()} == streams
     assert codec.bitrate == pytest.approx(bitrate) and codec.bitrate <= 1500
     assert (codec.decoder.f0_proj is not None) == (name != "sacodec_small_16k")
+
+
+@pytest.mark.parametrize("samples", [1, 100, 319])
+def test_a_click_shorter_than_a_frame_encodes_and_decodes_to_its_length(samples):
+    """The DAC encoder's strided convolutions outgrow a 6 ms clip; the tokenizer pads it to one frame of the
+    slowest stream and keeps the token count the codec gives any short input (one a stream)."""
+    from codecfw.core.tokenizer.api import AudioTokenizer
+
+    tokenizer = AudioTokenizer.from_recipe(tiny(*NO_TEACHER, HARMONIC, PITCH))
+    torch.manual_seed(0)
+    (tf,) = tokenizer.encode(0.1 * torch.randn(1, samples), 16000)
+    assert tf.num_samples == samples and tf.lengths() == {"semantic": 1, "acoustic": 1, "pitch": 1}
+    assert tokenizer.decode(tf)[0].shape == (1, samples)
+    (longer,) = tokenizer.encode(0.1 * torch.randn(1, 1000), 16000)  # unpadded inputs keep the codec's own count
+    assert longer.lengths() == {"semantic": 3, "acoustic": 3, "pitch": 2}

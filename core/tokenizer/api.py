@@ -139,7 +139,15 @@ class AudioTokenizer:
     # -- the codec on one batch ------------------------------------------------------------------------------
     @torch.inference_mode()
     def _encode_batch(self, wave: Tensor) -> dict[str, Tensor]:
-        return self.codec.encode(wave.to(self.device))
+        """wave : Tensor[B x 1 x N] → {stream: LongTensor[B x T]}. A recording shorter than one frame of the slowest
+        stream (a 6 ms click) is zero-padded to it, so convolutions whose kernels outgrow it still run, and its
+        tokens cut to the count the codec gives a short input (one a stream at least, as for any input)."""
+        n = wave.shape[-1]
+        shortest = max(round(self.sample_rate / s.frame_rate) for s in self.streams)
+        if n >= shortest:
+            return self.codec.encode(wave.to(self.device))
+        tokens = self.codec.encode(torch.nn.functional.pad(wave, (0, shortest - n)).to(self.device))
+        return {s.name: tokens[s.name][..., :max(1, int(n * s.frame_rate // self.sample_rate))] for s in self.streams}
 
     @torch.inference_mode()
     def _decode_batch(self, tokens: dict[str, Tensor], num_samples: int) -> Tensor:
