@@ -238,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--figure-clip {args.figure_clip}: only {len(picked)} clips were picked")
         clip = picked[args.figure_clip][..., :int(args.figure_seconds * 16000)]
         decoded = {args.codec: round_trip(clip).flatten().numpy()}
-        decoded.update({name: round_trip_for(name)(clip).flatten().numpy() for name in args.compare})
+        # a checkpoint folder is titled by its folder name
+        decoded.update({Path(name).name if Path(name).exists() else name: round_trip_for(name)(clip).flatten().numpy()
+                        for name in args.compare})
         draw_figure(args.figure, clip.flatten().numpy(), decoded)
         print(f"wrote {args.figure}")
     return 0
