@@ -789,6 +789,7 @@ def install_tools(packages: Sequence[str]) -> None:
     if missing:
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True,
                        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        tool_version.cache_clear()  # it cached "?" for what was just installed (the build then refused to start)
 
 
 def main(argv: list[str] | None = None) -> int:

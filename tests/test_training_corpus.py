@@ -199,3 +199,28 @@ def test_reserved_files_and_voices_are_refused():
         mtc.synthetic_voices(lambda n: [("1", "text")] * n, "t", "pd", [], ["slt"], [], per_voice=1)
     mtc.check_path("/usr/share/asterisk/sounds/fr_CA_f_June/activated.g722")
     mtc.check_voice("awb")
+
+
+def test_install_tools_sees_what_it_just_installed(monkeypatch):
+    """--install on a machine without the tools: the versions looked up before apt-get ran are not reused after it
+    (a cached "not installed" made the first build on a fresh machine stop with 'missing tools')."""
+    installed: set[str] = set()
+
+    def fake_run(cmd, **kwargs):
+        if cmd[0] == "dpkg-query":
+            return subprocess.CompletedProcess(cmd, 0, stdout="1.0" if cmd[-1] in installed else "", stderr="")
+        if cmd[:2] == ["apt-get", "install"]:
+            installed.update(c for c in cmd[2:] if not c.startswith("-"))
+            return subprocess.CompletedProcess(cmd, 0)
+        raise AssertionError(f"unexpected command {cmd}")
+
+    monkeypatch.setattr(mtc.subprocess, "run", fake_run)
+    monkeypatch.setattr(mtc, "ensure_allowed", lambda packages: None)
+    mtc.tool_version.cache_clear()
+    try:
+        assert mtc.tool_version("flite") == "?"
+        mtc.install_tools(["flite", "festival"])
+        assert installed == {"flite", "festival"}
+        assert [mtc.tool_version(p) for p in ("flite", "festival")] == ["1.0", "1.0"]
+    finally:
+        mtc.tool_version.cache_clear()

@@ -299,6 +299,32 @@ def test_stft_losses_and_pqmf():
     assert bands.square().mean(-1).argmax().item() == 2
 
 
+
+def test_spectral_convergence_weighs_loud_bins_and_clips():
+    """convergence_weight / log_magnitude_weight pick the terms; SC alone barely sees an error in a quiet band that
+    log-magnitude L1 weighs like a loud one; per_clip stops the loudest clip from standing for the batch."""
+    from pydantic import ValidationError
+
+    from codecfw.plugins.loss.stft import MultiResolutionSTFTLoss, MultiResolutionSTFTLossConfig
+
+    t = torch.arange(16000) / 16000
+    loud, quiet = 0.5 * torch.sin(2 * torch.pi * 500 * t), 0.005 * torch.sin(2 * torch.pi * 3000 * t)
+    y = (loud + quiet).reshape(1, 1, -1)
+    sc = MultiResolutionSTFTLoss(MultiResolutionSTFTLossConfig(log_magnitude_weight=0))
+    mag = MultiResolutionSTFTLoss(MultiResolutionSTFTLossConfig(convergence_weight=0))
+    both = MultiResolutionSTFTLoss(MultiResolutionSTFTLossConfig())
+    no_quiet, weak_loud = loud.reshape(1, 1, -1), (0.7 * loud + quiet).reshape(1, 1, -1)  # -40 dB lost / -3 dB
+    assert sc(no_quiet, y) < 0.1 * sc(weak_loud, y)      # SC: the loud band's 3 dB matter far more
+    assert mag(no_quiet, y) > mag(weak_loud, y)          # log L1: the lost quiet band matters more
+    assert both(weak_loud, y).item() == pytest.approx(sc(weak_loud, y).item() + mag(weak_loud, y).item(), rel=1e-5)
+    # a batch of a loud and a quiet clip, the quiet one badly reconstructed: the batch ratio hides it
+    batch = torch.cat([y, 0.01 * y])
+    wrong = torch.cat([y, 0.005 * y])
+    per_clip = MultiResolutionSTFTLoss(MultiResolutionSTFTLossConfig(log_magnitude_weight=0, per_clip=True))
+    assert sc(wrong, batch) < 0.01 and per_clip(wrong, batch) > 0.2
+    with pytest.raises(ValidationError, match="both 0"):
+        MultiResolutionSTFTLossConfig(convergence_weight=0, log_magnitude_weight=0)
+
 # -- one adversarial step through the loop's objective ---------------------------------------------------------------
 
 

@@ -57,6 +57,12 @@ class MultiResolutionSTFTLossConfig(PluginConfig):
     hop_sizes: list[int] = Field(default_factory=lambda: [120, 240, 300], min_length=1)
     subbands: int = Field(1, ge=1, description="1: full band; >1: PQMF sub-bands (X-Codec's sub-band loss: 6)")
     reduction: Literal["sum", "mean"] = Field("sum", description="combine spectral convergence and log magnitude")
+    convergence_weight: float = Field(1.0, ge=0, description="spectral convergence ‖|Y| − |Ŷ|‖ / ‖|Y|‖: weighs a "
+                                      "bin by its energy, so loud bands (formants, harmonics) dominate")
+    log_magnitude_weight: float = Field(1.0, ge=0, description="log-magnitude L1: every bin alike, the quiet ones "
+                                        "as much as the loud (what a log-mel loss already does)")
+    per_clip: bool = Field(False, description="spectral convergence per clip, then averaged (default: one ratio "
+                                              "over the batch, as the reference, where the loudest clip dominates)")
 
     @model_validator(mode="after")
     def _check(self) -> MultiResolutionSTFTLossConfig:
@@ -65,12 +71,14 @@ class MultiResolutionSTFTLossConfig(PluginConfig):
         bad = [(f, w) for f, w in zip(self.fft_sizes, self.win_sizes) if w > f]
         if bad:
             raise ValueError(f"window longer than its FFT: {bad}")
+        if not (self.convergence_weight or self.log_magnitude_weight):
+            raise ValueError("convergence_weight and log_magnitude_weight are both 0: the loss would be constant")
         return self
 
 
 class MultiResolutionSTFTLoss(nn.Module):
     """``forward(y_hat, y)`` on Tensor[B x 1 x N] → the resolutions' mean spectral convergence plus their mean
-    log-magnitude L1 (magnitudes clamped at ``sqrt(1e-7)`` as in the reference)."""
+    log-magnitude L1 (magnitudes clamped at ``sqrt(1e-7)`` as in the reference), each times its weight."""
 
     def __init__(self, cfg: MultiResolutionSTFTLossConfig) -> None:
         super().__init__()
@@ -93,10 +101,16 @@ class MultiResolutionSTFTLoss(nn.Module):
         sc, mag = 0.0, 0.0
         for i in range(len(self.resolutions)):
             p, t = self._magnitude(y_hat, i), self._magnitude(y, i)
-            sc = sc + torch.linalg.vector_norm(t - p) / torch.linalg.vector_norm(t)
-            mag = mag + F.l1_loss(torch.log(p), torch.log(t))
+            if self.cfg.per_clip:  # rows are clips (or a clip's sub-bands): ratios per row, then their mean
+                ratio = torch.linalg.vector_norm(t - p, dim=(-2, -1)) / torch.linalg.vector_norm(t, dim=(-2, -1))
+                sc = sc + ratio.mean()
+            else:
+                sc = sc + torch.linalg.vector_norm(t - p) / torch.linalg.vector_norm(t)
+            if self.cfg.log_magnitude_weight:
+                mag = mag + F.l1_loss(torch.log(p), torch.log(t))
         sc, mag = sc / len(self.resolutions), mag / len(self.resolutions)
-        return sc + mag if self.cfg.reduction == "sum" else (sc + mag) / 2
+        total = self.cfg.convergence_weight * sc + self.cfg.log_magnitude_weight * mag
+        return total if self.cfg.reduction == "sum" else total / 2
 
 
 @hookimpl
