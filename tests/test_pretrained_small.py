@@ -18,7 +18,7 @@ from codecfw.plugins.pretrained.names import WEIGHTS
 
 NAME = "codecfw-sacodec-small-16k"
 FOLDER = WEIGHTS / NAME
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sacodec_small_16k_crepe.yaml"  # what it was trained by
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sacodec_small_16k_sc.yaml"  # what it was trained by
 SR = 16000
 
 
@@ -68,7 +68,7 @@ def test_shipped_files_are_small_and_self_contained():
     assert "/root" not in text and "~/" not in text and "/home/" not in text, "paths of the training machine"
     assert meta["recipe"]["semantic"]["codebook"] is None  # the centroids are in the weights
     assert meta["released_as"] == NAME and meta["step"] > 0
-    assert meta["recipe"]["name"] == "sacodec-small-16k-crepe"  # RECIPE, the one that fine-tunes it
+    assert meta["recipe"]["name"] == "sacodec-small-16k-sc"  # RECIPE, the one that fine-tunes it
 
 
 def test_loads_offline_at_its_bitrate_and_reconstructs_better_than_random_weights():
@@ -88,7 +88,7 @@ def test_loads_offline_at_its_bitrate_and_reconstructs_better_than_random_weight
         random_out = random_codec.decode(random_codec.encode(y[None, None]), y.numel())
     assert set(tf.tokens) == {"semantic", "acoustic", "pitch"} and tf.tokens["semantic"].shape[-1] == 100  # 50 Hz
     assert tf.tokens["pitch"].shape[-1] == 50 and (tf.tokens["pitch"] > 0).any()  # 25 Hz; the vowels are voiced
-    assert codec.acoustic.pitch.tracker == "crepe"  # measured as it was trained (stage 4)
+    assert codec.acoustic.pitch.tracker == "crepe"  # measured as it was trained (stages 4 and 5)
     trained, untrained = log_mel_distance(y, shipped.reshape(-1)), log_mel_distance(y, random_out.reshape(-1))
     print(f"log-mel distance: shipped {trained:.3f}, random weights {untrained:.3f}")
     assert trained < 0.6 * untrained, (trained, untrained)
