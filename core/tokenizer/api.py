@@ -143,10 +143,10 @@ class AudioTokenizer:
         stream (a 6 ms click) is zero-padded to it, so convolutions whose kernels outgrow it still run, and its
         tokens cut to the count the codec gives a short input (one a stream at least, as for any input)."""
         n = wave.shape[-1]
-        shortest = max(round(self.sample_rate / s.frame_rate) for s in self.streams)
-        if n >= shortest:
+        min_samples = max(round(self.sample_rate / s.frame_rate) for s in self.streams)  # the slowest stream's hop
+        if n >= min_samples:
             return self.codec.encode(wave.to(self.device))
-        tokens = self.codec.encode(torch.nn.functional.pad(wave, (0, shortest - n)).to(self.device))
+        tokens = self.codec.encode(torch.nn.functional.pad(wave, (0, min_samples - n)).to(self.device))
         return {s.name: tokens[s.name][..., :max(1, int(n * s.frame_rate // self.sample_rate))] for s in self.streams}
 
     @torch.inference_mode()
