@@ -18,7 +18,7 @@ from codecfw.plugins.pretrained.names import WEIGHTS
 
 NAME = "codecfw-sacodec-small-16k"
 FOLDER = WEIGHTS / NAME
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sacodec_small_16k_sc.yaml"  # what it was trained by
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "sacodec_small_16k_pesq.yaml"  # what it was trained by
 SR = 16000
 
 
@@ -68,7 +68,7 @@ def test_shipped_files_are_small_and_self_contained():
     assert "/root" not in text and "~/" not in text and "/home/" not in text, "paths of the training machine"
     assert meta["recipe"]["semantic"]["codebook"] is None  # the centroids are in the weights
     assert meta["released_as"] == NAME and meta["step"] > 0
-    assert meta["recipe"]["name"] == "sacodec-small-16k-sc"  # RECIPE, the one that fine-tunes it
+    assert meta["recipe"]["name"] == "sacodec-small-16k-pesq"  # RECIPE, the one that fine-tunes it
 
 
 def test_loads_offline_at_its_bitrate_and_reconstructs_better_than_random_weights():

@@ -412,6 +412,7 @@ def test_chunked_encoding_gives_the_whole_file_pitch_tokens(tracker):
     ("sacodec_small_16k_voiced", 1500, {"semantic", "acoustic", "pitch"}),
     ("sacodec_small_16k_crepe", 1500, {"semantic", "acoustic", "pitch"}),
     ("sacodec_small_16k_sc", 1500, {"semantic", "acoustic", "pitch"}),
+    ("sacodec_small_16k_pesq", 1500, {"semantic", "acoustic", "pitch"}),
 ])
 def test_small_16k_recipes_stay_within_one_and_a_half_kbps(name, bitrate, streams):
     codec = build_codec(load_recipe(name, NO_TEACHER))

@@ -22,6 +22,9 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
                      ("train", "loss/discriminator")]),
     ("commitment / residual RMS", [("train", "loss/commitment"), ("train", "metric/residual_rms")]),
     ("codebook usage per batch", [("train", "metric/semantic_usage"), ("train", "metric/acoustic_usage")]),
+    ("spectral convergence / P.862 disturbance", [("train", "loss/multi_resolution_stft"),
+                                                  ("valid", "valid/loss/multi_resolution_stft"),
+                                                  ("train", "loss/pesq"), ("valid", "valid/loss/pesq")]),
     ("learning rate", [("train", "lr/generator"), ("train", "lr/discriminator")]),
 ]
 

@@ -64,7 +64,7 @@ def bundled_specs() -> list[tuple[str, type[PretrainedSpec]]]:
             description="codecfw's small SACodec-structured codec: 16 kHz, 1.5 kbps (50 Hz x (12 + 14) bits + a "
                         "25 Hz 8-bit pitch stream), Whisper tiny.en-anchored semantic tokens + SimVQ acoustic tokens, "
                         "Vocos decoder with a pitch-driven harmonic excitation; 6.0M parameters, trained on CPU "
-                        "(recipes/sacodec_small_16k_sc.yaml, the last of five stages: docs/sacodec.md)",
+                        "(recipes/sacodec_small_16k_pesq.yaml, the last of six stages: docs/sacodec.md)",
             license="MIT (weights); trained on the Debian corpus of scripts/make_training_corpus.py",
             url="docs/sacodec.md")),
     ]
